@@ -1,0 +1,16 @@
+// ReLU and its derivative with PyTorch's exact semantics, as a traits struct so that the CPU build can
+// specialise it for SIMD vectors (csrc/cpu/vec_relu.h) while CPU scalars and CUDA share this definition.
+#pragma once
+#include "macros.h"
+
+namespace mtl_ops {
+
+template <typename V>
+struct Relu {
+  // relu(NaN) = NaN, as torch.relu.
+  MTL_HOST_DEVICE static V apply(V x) { return x < V(0) ? V(0) : x; }
+  // threshold_backward(dy, s, 0): the gradient passes where s > 0 (and where s is NaN), as autograd.
+  MTL_HOST_DEVICE static V grad(V s, V dy) { return s <= V(0) ? V(0) : dy; }
+};
+
+}  // namespace mtl_ops

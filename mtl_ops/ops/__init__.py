@@ -1,0 +1,4 @@
+"""Public functional ops. Each chooses a backend (see mtl_ops.backends) and is differentiable."""
+from .gated_residual import gated_residual
+
+__all__ = ["gated_residual"]

@@ -1,0 +1,4 @@
+"""Plain PyTorch definitions of every fused op: slow, obvious, materialising. The oracle for all backends."""
+from .gated_residual import gated_residual
+
+__all__ = ["gated_residual"]
