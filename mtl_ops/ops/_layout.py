@@ -6,7 +6,18 @@ and copy anything else to contiguous. Fake kernels use this rule to predict the 
 the Triton launcher to lay out its inputs; keep it in step with the C++ header.
 """
 import torch
-from torch._prims_common import is_non_overlapping_and_dense
+
+
+def is_non_overlapping_and_dense(t: torch.Tensor) -> bool:
+    """As ATen's TensorImpl::is_non_overlapping_and_dense: some permutation of t is contiguous."""
+    expected = 1
+    for d in sorted(range(t.dim()), key=lambda d: (t.stride(d), t.shape[d])):
+        if t.shape[d] == 1:
+            continue
+        if t.stride(d) != expected:
+            return False
+        expected *= t.shape[d]
+    return True
 
 
 def is_task_major_dense(t: torch.Tensor) -> bool:
