@@ -1,0 +1,70 @@
+"""The verification harness every op's tests use: backends to run, tolerance tables, input layouts and
+a comparison that reports the worst element."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mtl_ops.backends import unavailable_reason
+
+# (rtol, atol) per dtype, for element-wise results ("elementwise") and for reductions over many elements
+# ("reduction"), both against the reference evaluated in float64 on the same inputs.
+TOLERANCES = {
+    "elementwise": {torch.float64: (1e-10, 1e-10), torch.float32: (1e-5, 1e-5),
+                    torch.float16: (1e-3, 1e-3), torch.bfloat16: (8e-3, 8e-3)},
+    "reduction": {torch.float64: (1e-9, 1e-9), torch.float32: (1e-4, 1e-4),
+                  torch.float16: (2e-3, 2e-3), torch.bfloat16: (1.6e-2, 1.6e-2)},
+}
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def backend_params(op: str, device: str, backends=("cpp", "cuda", "triton")):
+    """pytest params for the fused backends of ``op`` that apply to ``device``, skipped with the reason
+    when unavailable here (so a CPU machine shows why the CUDA and Triton runs did not happen)."""
+    params = []
+    for b in backends:
+        if device == "cpu" and b == "cuda" or device == "cuda" and b == "cpp":
+            continue
+        marks = [pytest.mark.triton] if b == "triton" else []
+        if device == "cuda":
+            marks.append(pytest.mark.cuda)
+            reason = "needs a CUDA GPU" if not torch.cuda.is_available() else unavailable_reason(b, device, op)
+        else:
+            reason = unavailable_reason(b, device, op)
+        if reason is not None:
+            marks.append(pytest.mark.skip(reason=reason))
+        params.append(pytest.param(b, marks=marks, id=f"{b}-{device}"))
+    return params
+
+
+LAYOUTS = ("contiguous", "channels_last", "permuted", "strided")
+
+
+def make_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """A tensor equal to ``t`` (T, B, C, H, W) in the given memory layout.
+
+    channels_last: each task's (B, C, H, W) is channels-last (memory T, B, H, W, C: task-major, run as is);
+    permuted: T is not the outermost memory dimension (copied by the kernels); strided: a non-dense view.
+    """
+    if layout == "contiguous":
+        return t.contiguous()
+    if layout == "channels_last":
+        return t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    if layout == "permuted":
+        return t.transpose(0, 1).contiguous().transpose(0, 1)
+    if layout == "strided":
+        big = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
+        big[..., ::2] = t
+        return big[..., ::2]
+    raise ValueError(layout)
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, kind: str = "elementwise",
+                 what: str = "") -> None:
+    """assert_close with the table's tolerance for ``dtype``; expected may be float64 (cast to actual's dtype
+    for the comparison of values, but the error is measured in float64)."""
+    rtol, atol = TOLERANCES[kind][dtype]
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    torch.testing.assert_close(actual.double(), expected.double(), rtol=rtol, atol=atol,
+                               msg=lambda m: f"{what} ({dtype}, {kind}): {m}")
