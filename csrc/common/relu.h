@@ -1,5 +1,4 @@
-// ReLU and its derivative with PyTorch's exact semantics, as a traits struct so that the CPU build can
-// specialise it for SIMD vectors (csrc/cpu/vec_relu.h) while CPU scalars and CUDA share this definition.
+// ReLU and its derivative with PyTorch's exact semantics, shared by the CPU and CUDA kernels.
 #pragma once
 #include "macros.h"
 

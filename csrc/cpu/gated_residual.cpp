@@ -4,39 +4,24 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
-#include <type_traits>
-#include <vector>
 
 #include "../common/gated_residual_args.h"
 #include "../common/task_major.h"
 #include "chunking.h"
-#include "vec_relu.h"
-// After vec_relu.h so that the SIMD specialisation of Relu exists before the math is instantiated.
 #include "../common/gated_residual_math.h"
 
 namespace mtl_ops::cpu {
 namespace {
 
-using at::vec::Vectorized;
-
-// float and double run on SIMD vectors; half and bfloat16 are widened to float element by element.
-template <typename scalar_t>
-constexpr bool kSimd = std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>;
-
+// Plain loops over restrict pointers: the compiler vectorises them (`omp simd` lets it reassociate the
+// two gate-gradient sums). Half and bfloat16 are widened to float element by element.
 template <typename scalar_t, typename acc_t>
-void forward_run(const scalar_t* r, const scalar_t* b, scalar_t* y, int64_t n, acc_t ge, acc_t gs) {
-  int64_t i = 0;
-  if constexpr (kSimd<scalar_t>) {
-    using V = Vectorized<scalar_t>;
-    const V vge(ge), vgs(gs);
-    for (; i + V::size() <= n; i += V::size()) {
-      gated_residual_forward_value<V>(V::loadu(r + i), V::loadu(b + i), vge, vgs).store(y + i);
-    }
-  }
-  for (; i < n; ++i) {
+void forward_run(const scalar_t* __restrict__ r, const scalar_t* __restrict__ b, scalar_t* __restrict__ y,
+                 int64_t n, acc_t ge, acc_t gs) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
     y[i] = static_cast<scalar_t>(
         gated_residual_forward_value<acc_t>(static_cast<acc_t>(r[i]), static_cast<acc_t>(b[i]), ge, gs));
   }
@@ -44,30 +29,12 @@ void forward_run(const scalar_t* r, const scalar_t* b, scalar_t* y, int64_t n, a
 
 // Writes d_residual and d_branch for n elements and returns the two gate-gradient partial sums.
 template <typename scalar_t, typename acc_t>
-std::pair<acc_t, acc_t> backward_run(const scalar_t* dy, const scalar_t* r, const scalar_t* b, scalar_t* dr,
-                                     scalar_t* db, int64_t n, acc_t ge, acc_t gs) {
+std::pair<acc_t, acc_t> backward_run(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ r,
+                                     const scalar_t* __restrict__ b, scalar_t* __restrict__ dr,
+                                     scalar_t* __restrict__ db, int64_t n, acc_t ge, acc_t gs) {
   acc_t sum_exec = 0, sum_skip = 0;
-  int64_t i = 0;
-  if constexpr (kSimd<scalar_t>) {
-    using V = Vectorized<scalar_t>;
-    const V vge(ge), vgs(gs);
-    V acc_exec(scalar_t(0)), acc_skip(scalar_t(0));
-    for (; i + V::size() <= n; i += V::size()) {
-      const auto g = gated_residual_backward_value<V>(V::loadu(dy + i), V::loadu(r + i), V::loadu(b + i), vge, vgs);
-      g.d_residual.store(dr + i);
-      g.d_branch.store(db + i);
-      acc_exec = acc_exec + g.g_exec_term;
-      acc_skip = acc_skip + g.g_skip_term;
-    }
-    scalar_t lanes_exec[V::size()], lanes_skip[V::size()];
-    acc_exec.store(lanes_exec);
-    acc_skip.store(lanes_skip);
-    for (int64_t k = 0; k < V::size(); ++k) {
-      sum_exec += lanes_exec[k];
-      sum_skip += lanes_skip[k];
-    }
-  }
-  for (; i < n; ++i) {
+#pragma omp simd reduction(+ : sum_exec, sum_skip)
+  for (int64_t i = 0; i < n; ++i) {
     const auto g = gated_residual_backward_value<acc_t>(static_cast<acc_t>(dy[i]), static_cast<acc_t>(r[i]),
                                                         static_cast<acc_t>(b[i]), ge, gs);
     dr[i] = static_cast<scalar_t>(g.d_residual);

@@ -1,0 +1,63 @@
+"""Benchmark cases: per op, the stated sizes, how to make inputs, and the providers to compare
+(the reference, torch.compile(reference), and every fused backend available on the device)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .. import ops, reference
+from ..backends import OPS, unavailable_reason
+
+
+@dataclass
+class Provider:
+    name: str
+    fn: Callable  # fn(*inputs) -> Tensor
+
+
+@dataclass
+class BenchCase:
+    op: str
+    sizes: dict[str, dict]  # "full" (the stated size) and "quick" (a smoke-test size)
+    make_inputs: Callable[[dict, torch.device, torch.dtype], tuple]
+    reference_fn: Callable
+    fused_fn: Callable[[str], Callable]  # backend name -> fn(*inputs)
+    target: str = ""  # the speed/memory target, as stated in the issue
+    notes: dict = field(default_factory=dict)
+
+    def label(self, size: str) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.sizes[size].items())
+
+
+def providers_for(case: BenchCase, device: torch.device) -> list[Provider]:
+    out = [Provider("reference", case.reference_fn),
+           Provider("compile(reference)", torch.compile(case.reference_fn, dynamic=False))]
+    for backend in OPS[case.op]:
+        if backend != "reference" and unavailable_reason(backend, device.type, case.op) is None:
+            if backend == "triton" and device.type == "cpu":
+                continue  # the interpreter is a correctness tool, not a contender
+            out.append(Provider(backend, case.fused_fn(backend)))
+    return out
+
+
+def _gated_residual_inputs(size: dict, device: torch.device, dtype: torch.dtype):
+    g = torch.Generator().manual_seed(0)
+    shape = (size["T"], size["B"], size["C"], size["H"], size["W"])
+    r = torch.randn(shape, generator=g).to(device, dtype)
+    b = torch.randn(shape, generator=g).to(device, dtype)
+    gates = torch.softmax(torch.randn(size["T"], 2, generator=g), 1).to(device)
+    return r, b, gates
+
+
+CASES: dict[str, BenchCase] = {
+    "gated_residual": BenchCase(
+        op="gated_residual",
+        sizes={"full": dict(T=3, B=8, C=64, H=72, W=96), "quick": dict(T=3, B=2, C=8, H=9, W=12)},
+        make_inputs=_gated_residual_inputs,
+        reference_fn=reference.gated_residual,
+        fused_fn=lambda backend: (lambda r, b, g: ops.gated_residual(r, b, g, backend=backend)),
+        target="CPU fp32 fwd+bwd at full size: cpp >= 1.5x reference and >= torch.compile(reference)",
+    ),
+}
