@@ -1,0 +1,14 @@
+"""The methods as nn.Modules. Each module takes and returns dicts keyed by task name."""
+from .adashare import (AdaShareResNet, GatedBasicBlock, TriePlan, set_adashare_phase,
+                       shared_block_executions)
+from .adashare_policy import AdaSharePolicy, execute_mask, num_executed_blocks, one_hot_gates, policy_table
+from .aspp import ASPPv2Head
+from .task_batchnorm import TaskBatchNorm2d
+
+__all__ = [
+    # AdaShare
+    "AdaShareResNet", "AdaSharePolicy", "GatedBasicBlock", "TriePlan", "set_adashare_phase",
+    "shared_block_executions", "execute_mask", "num_executed_blocks", "one_hot_gates", "policy_table",
+    # common blocks
+    "ASPPv2Head", "TaskBatchNorm2d",
+]
