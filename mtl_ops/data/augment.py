@@ -1,0 +1,66 @@
+"""Geometric augmentations of a sample dict, keeping every dense label consistent with the image.
+
+Spatial entries: ``image`` (3, H, W), ``semseg`` (H, W), ``depth`` (1, H, W), ``normals`` (3, H, W);
+any of them may be absent. Randomness comes from torch's global generator (``generator`` overrides),
+which ``DataLoader`` seeds differently in every worker.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+SPATIAL_KEYS = ("image", "semseg", "depth", "normals")
+
+
+def hflip(sample: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Mirror left-right; the normals' x component (camera x points right) changes sign."""
+    out = dict(sample)
+    for key in SPATIAL_KEYS:
+        if key in out:
+            out[key] = out[key].flip(-1)
+    if "normals" in out:
+        out["normals"] = out["normals"] * torch.tensor([-1.0, 1.0, 1.0], dtype=out["normals"].dtype)[:, None, None]
+    return out
+
+
+def scale_crop(sample: Dict[str, torch.Tensor], scale: float, top: int, left: int) -> Dict[str, torch.Tensor]:
+    """Crop a window ``1/scale`` of the size at ``(top, left)`` and resize it back (a zoom by ``scale``).
+
+    The image is resized bilinearly, labels, depth and normals by nearest neighbour; depth is divided by
+    ``scale`` (the zoomed view looks ``scale`` times closer), as in MTAN's RandomScaleCrop.
+    """
+    height, width = sample["image"].shape[-2:]
+    crop_h, crop_w = int(height / scale), int(width / scale)
+    out = dict(sample)
+    for key in SPATIAL_KEYS:
+        if key not in out:
+            continue
+        value = out[key]
+        window = value[..., top:top + crop_h, left:left + crop_w]
+        batched = window.reshape(1, -1, crop_h, crop_w).float()
+        if key == "image":
+            resized = F.interpolate(batched, size=(height, width), mode="bilinear", align_corners=False)
+        else:
+            resized = F.interpolate(batched, size=(height, width), mode="nearest")
+        resized = resized.reshape(*value.shape[:-2], height, width).to(value.dtype)
+        out[key] = resized / scale if key == "depth" else resized
+    return out
+
+
+def random_flip_scale_crop(sample: Dict[str, torch.Tensor], scales: Sequence[float] = (1.0, 1.2, 1.5),
+                           flip_prob: float = 0.5,
+                           generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+    """MTAN-style training augmentation: a random scale crop (scale drawn from ``scales``; none when it is
+    1) followed by a horizontal flip with probability ``flip_prob``."""
+    height, width = sample["image"].shape[-2:]
+    scale = float(scales[int(torch.randint(len(scales), (), generator=generator))])
+    if scale != 1.0:
+        crop_h, crop_w = int(height / scale), int(width / scale)
+        top = int(torch.randint(height - crop_h + 1, (), generator=generator))
+        left = int(torch.randint(width - crop_w + 1, (), generator=generator))
+        sample = scale_crop(sample, scale, top, left)
+    if float(torch.rand((), generator=generator)) < flip_prob:
+        sample = hflip(sample)
+    return sample
