@@ -12,3 +12,9 @@ __all__ = [
     # common blocks
     "ASPPv2Head", "TaskBatchNorm2d",
 ]
+
+# Progressive Decoder Fusion
+from .decoder_tree import DecoderTree
+from .pdf_grouping import MAX_GROUPING_TASKS, group_tasks, partition_value, set_partitions
+
+__all__ += ["DecoderTree", "group_tasks", "set_partitions", "partition_value", "MAX_GROUPING_TASKS"]

@@ -2,3 +2,6 @@
 from .gated_residual import gated_residual
 
 __all__ = ["gated_residual"]
+from .cka import cka
+
+__all__ += ["cka"]

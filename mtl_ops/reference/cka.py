@@ -1,0 +1,82 @@
+"""Reference definition of all-pairs linear CKA (PDF's inter-task similarity; the oracle for every backend).
+
+Spec: /work/shared/spec/medusa_pdf_adashare.md §2.4. Linear kernel, computed in sample space:
+``K_t = X_t X_tᵀ`` (n×n) per task, centred, then ``CKA(t, u) = ⟨K̃_t, K̃_u⟩_F / (‖K̃_t‖_F ‖K̃_u‖_F)``.
+"""
+import torch
+
+__all__ = ["cka"]
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _centre_biased(gram: torch.Tensor) -> torch.Tensor:
+    """``H K H`` with ``H = I − 11ᵀ/n``, batched over the leading dimension."""
+    row_means = gram.mean(dim=-1, keepdim=True)
+    col_means = gram.mean(dim=-2, keepdim=True)
+    total_mean = gram.mean(dim=(-2, -1), keepdim=True)
+    return gram - row_means - col_means + total_mean
+
+
+def _centre_debiased(gram: torch.Tensor) -> torch.Tensor:
+    """Debiased centring (Song et al. 2012 unbiased HSIC, in Kornblith et al. 2019's Gram form).
+
+    Zero the diagonal; ``μ_i = Σ_j K_ij / (n−2)``; ``μ_i −= Σ_i μ_i / (2(n−1))``;
+    ``K̃_ij = K_ij − μ_i − μ_j``; zero the diagonal again. Then ``⟨K̃, L̃⟩_F = n(n−3)·HSIC_unbiased(K, L)``.
+    """
+    n = gram.shape[-1]
+    eye = torch.eye(n, dtype=torch.bool, device=gram.device)
+    k = gram.masked_fill(eye, 0.0)
+    means = k.sum(dim=-1) / (n - 2)
+    means = means - means.sum(dim=-1, keepdim=True) / (2 * (n - 1))
+    k = k - means.unsqueeze(-1) - means.unsqueeze(-2)
+    return k.masked_fill(eye, 0.0)
+
+
+def cka(features: torch.Tensor, *, debiased: bool = True) -> torch.Tensor:
+    """All-pairs linear CKA between ``T`` feature sets.
+
+    Args:
+        features: (T, n, d) floating tensor: for each of T tasks, n samples (the same inputs, in the same
+            order, for every task) of d features each (PDF: the spatially pooled output of a decoder stage).
+        debiased: use the debiased (unbiased) HSIC estimator (Song et al.; Kornblith et al.'s form, the one
+            PDF uses; needs n > 3). ``False`` gives the classic biased estimator ``K̃ = H K H`` (needs n ≥ 2).
+
+    Returns:
+        (T, T) symmetric matrix, float64 for float64 input and float32 otherwise (Gram matrices and the
+        reductions accumulate in that dtype whatever the input precision). Pairs where a Gram matrix has zero
+        centred norm (constant features) are undefined (0/0); as in the PDF code, an undefined diagonal entry
+        is set to 1 and an undefined off-diagonal entry to 0.
+    """
+    if not isinstance(features, torch.Tensor):
+        raise TypeError(f"cka: features must be a torch.Tensor, got {type(features).__name__}")
+    if features.dim() != 3:
+        raise ValueError(f"cka: features must be 3-D (T, n, d) (tasks, samples, features), "
+                         f"got {features.dim()}-D with shape {tuple(features.shape)}")
+    if not features.is_floating_point():
+        raise ValueError(f"cka: features must be a floating-point tensor, got dtype {features.dtype}")
+    num_tasks, n, d = features.shape
+    if num_tasks < 1 or d < 1:
+        raise ValueError(f"cka: features must have at least one task and one feature (T ≥ 1, d ≥ 1), "
+                         f"got shape {tuple(features.shape)}")
+    if debiased and n <= 3:
+        raise ValueError(f"cka: features must have more than 3 samples (n > 3) for the debiased estimator, "
+                         f"got n={n}")
+    if not debiased and n < 2:
+        raise ValueError(f"cka: features must have at least 2 samples (n ≥ 2) for the biased estimator, got n={n}")
+
+    x = features.to(_accumulation_dtype(features.dtype))
+    gram = x @ x.transpose(-1, -2)                                     # (T, n, n)
+    centred = _centre_debiased(gram) if debiased else _centre_biased(gram)
+    flat = centred.reshape(num_tasks, n * n)
+    hsic = flat @ flat.transpose(0, 1)                                 # (T, T): ⟨K̃_t, K̃_u⟩_F
+    norms = hsic.diagonal().clamp_min(0).sqrt()
+    result = hsic / (norms.unsqueeze(1) * norms.unsqueeze(0))
+    undefined = torch.isnan(result)
+    if bool(undefined.any()):
+        eye = torch.eye(num_tasks, dtype=torch.bool, device=result.device)
+        result = torch.where(undefined & eye, torch.ones_like(result), result)
+        result = torch.where(undefined & ~eye, torch.zeros_like(result), result)
+    return result

@@ -1,0 +1,14 @@
+"""The example programs in python/ run (tiny settings), so they do not rot."""
+import runpy
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_adashare_own_loop(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["adashare_own_loop.py", "--steps", "4", "--size", "24", "32", "--width", "8",
+                                      "--images", "16", "--cache-dir", str(tmp_path)])
+    runpy.run_path(str(ROOT / "python" / "adashare_own_loop.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "mIoU" in out and "abs_err" in out and "semseg" in out
