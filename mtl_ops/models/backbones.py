@@ -1,0 +1,104 @@
+"""Multi-scale backbones shared by the complete multi-task networks: a small ResNet family (BasicBlock,
+trained from scratch: nothing is downloaded) and an adapter for any timm ``features_only`` model.
+
+Every backbone maps images (B, 3, H, W) to a list of feature maps, shallow to deep, and exposes
+``channels`` (per map) and ``strides`` (per map, relative to the input).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+_DEPTHS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_channels: int, planes: int, stride: int = 1, dilation: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, planes, 3, stride, dilation, dilation, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, dilation, dilation, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_channels != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.shortcut(x) + self.bn2(self.conv2(y)))
+
+
+class ResNetBackbone(nn.Module):
+    """ResNet-10/18/34 with a configurable base ``width``; returns the four stage outputs (strides 4, 8,
+    16, 32). ``output_stride=8`` dilates the last two stages instead of striding (DeepLab style), and
+    ``output_stride=16`` the last one."""
+
+    def __init__(self, depth: int = 18, *, width: int = 64, in_channels: int = 3, output_stride: int = 32):
+        super().__init__()
+        if depth not in _DEPTHS:
+            raise ValueError(f"ResNetBackbone: depth must be one of {sorted(_DEPTHS)}, got {depth!r}")
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"ResNetBackbone: output_stride must be 8, 16 or 32, got {output_stride!r}")
+        if not isinstance(width, int) or width < 1:
+            raise ValueError(f"ResNetBackbone: width must be a positive int, got {width!r}")
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
+        strides = [1, 2, 2, 2]
+        dilations = [1, 1, 1, 1]
+        if output_stride <= 16:
+            strides[3], dilations[3] = 1, 2
+        if output_stride == 8:
+            strides[2], dilations[2], dilations[3] = 1, 2, 4
+        stages, inplanes = [], width
+        for i, n_blocks in enumerate(_DEPTHS[depth]):
+            planes = width * 2 ** i
+            blocks = [BasicBlock(inplanes, planes, strides[i], dilations[i])]
+            blocks += [BasicBlock(planes, planes, 1, dilations[i]) for _ in range(n_blocks - 1)]
+            stages.append(nn.Sequential(*blocks))
+            inplanes = planes
+        self.stages = nn.ModuleList(stages)
+        self.channels = [width * 2 ** i for i in range(4)]
+        total, self.strides = 4, []
+        for s in strides:
+            total *= s
+            self.strides.append(total)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if x.dim() != 4:
+            raise ValueError(f"ResNetBackbone: expected images (B, C, H, W), got shape {tuple(x.shape)}")
+        x = self.stem(x)
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+class TimmBackbone(nn.Module):
+    """Any timm model created with ``features_only=True`` (random init unless weights are local)."""
+
+    def __init__(self, name: str, *, pretrained: bool = False, **kwargs):
+        super().__init__()
+        try:
+            import timm
+        except ImportError as e:
+            raise ImportError("TimmBackbone needs timm (pip install timm)") from e
+        self.model = timm.create_model(name, features_only=True, pretrained=pretrained, **kwargs)
+        self.channels = list(self.model.feature_info.channels())
+        self.strides = list(self.model.feature_info.reduction())
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.model(x))
+
+
+def build_backbone(name: str = "resnet18", **kwargs) -> nn.Module:
+    """``resnet10|resnet18|resnet34`` (our ResNetBackbone, kwargs: width, output_stride, in_channels) or
+    ``timm:<model name>`` (TimmBackbone)."""
+    if name.startswith("timm:"):
+        return TimmBackbone(name[5:], **kwargs)
+    if name.startswith("resnet") and name[6:].isdigit() and int(name[6:]) in _DEPTHS:
+        return ResNetBackbone(int(name[6:]), **kwargs)
+    raise ValueError(f"build_backbone: name must be resnet10, resnet18, resnet34 or timm:<name>, got {name!r}")
