@@ -74,6 +74,14 @@ def test_large_enough_for_several_work_items(backend):
     check_against_reference(backend, shape, torch.float32, "cpu")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cpp_streaming_store_path(dtype):
+    # Outputs above 8 MiB are written with non-temporal stores from tiles: cover it, with a ragged tail.
+    if mtl_ops.backends.unavailable_reason("cpp", "cpu", OP):
+        pytest.skip("cpp backend unavailable")
+    check_against_reference("cpp", (2, 1, 1, 1, (9 << 20) // torch.finfo(dtype).bits * 8 // 2 + 77), dtype, "cpu")
+
+
 @pytest.mark.parametrize("backend", backend_params(OP, "cpu"))
 def test_empty_tensors(backend):
     r, b, gates = make_inputs((2, 0, 3, 4, 5), torch.float32)
