@@ -232,3 +232,15 @@ def test_auto_backend_on_cuda_is_fused():
     from mtl_ops.backends import select_backend
 
     assert select_backend(OP, torch.device("cuda")) in ("cuda", "triton")
+
+
+@pytest.mark.parametrize("backend", backend_params(OP, "cpu"))
+def test_torch_export_keeps_the_fused_operator(backend):
+    class Block(torch.nn.Module):
+        def forward(self, r, b, g):
+            return gated_residual(r, b, g, backend=backend)
+
+    args = make_inputs((3, 2, 4, 5, 6), torch.float32)
+    exported = torch.export.export(Block(), args)
+    assert "mtl_ops.gated_residual_forward" in exported.graph_module.code
+    assert torch.equal(exported.module()(*args), Block()(*args))
