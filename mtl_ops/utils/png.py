@@ -83,3 +83,54 @@ def read_png_header(path: Union[str, Path]) -> Tuple[int, int, int]:
     if len(zlib.decompress(idat)) != height * (1 + width * channels):
         raise ValueError(f"{path}: image data has the wrong size")
     return width, height, channels
+
+
+def read_png(path: Union[str, Path]) -> np.ndarray:
+    """Decode an 8-bit, non-interlaced greyscale / RGB / RGBA PNG to uint8 (H, W) or (H, W, 3|4)."""
+    data = Path(path).read_bytes()
+    if not data.startswith(_SIGNATURE):
+        raise ValueError(f"{path}: not a PNG (bad signature)")
+    pos, header, idat = len(_SIGNATURE), None, b""
+    while pos + 8 <= len(data):
+        (length,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    if header is None or not idat:
+        raise ValueError(f"{path}: missing IHDR or IDAT")
+    width, height, depth, colour, _, _, interlace = header
+    channels = {0: 1, 2: 3, 6: 4}.get(colour)
+    if depth != 8 or channels is None or interlace:
+        raise ValueError(f"{path}: only 8-bit non-interlaced greyscale/RGB/RGBA PNGs are supported")
+    raw = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(height, 1 + width * channels)
+    out = np.zeros((height, width * channels), np.int32)
+    bpp = channels
+    for y in range(height):
+        f, line = raw[y, 0], raw[y, 1:].astype(np.int32)
+        prev = out[y - 1] if y else np.zeros(width * channels, np.int32)
+        if f == 0:
+            cur = line
+        elif f == 2:
+            cur = (line + prev) & 255
+        elif f in (1, 3, 4):
+            cur = np.zeros_like(line)
+            for x in range(width * channels):
+                a = cur[x - bpp] if x >= bpp else 0
+                b, c = prev[x], (prev[x - bpp] if x >= bpp else 0)
+                if f == 1:
+                    pred = a
+                elif f == 3:
+                    pred = (a + b) // 2
+                else:
+                    p = a + b - c
+                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                    pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+                cur[x] = (line[x] + pred) & 255
+        else:
+            raise ValueError(f"{path}: bad PNG filter type {f}")
+        out[y] = cur
+    out = out.astype(np.uint8)
+    return out.reshape(height, width) if channels == 1 else out.reshape(height, width, channels)
