@@ -55,7 +55,7 @@ def _train_config(args):
 
     data = TrainConfig.from_json(args.config).to_dict() if getattr(args, "config", None) else {}
     for name in ("method", "tasks", "dataset", "data_root", "size", "n_train", "n_val", "backbone", "width", "epochs",
-                 "batch_size", "lr", "weighting", "device", "seed", "num_workers", "out_dir", "cache_dir",
+                 "batch_size", "lr", "weighting", "device", "seed", "num_workers", "num_threads", "out_dir", "cache_dir",
                  "max_steps_per_epoch"):
         value = getattr(args, name, None)
         if value is not None:
@@ -164,14 +164,15 @@ def _cmd_predict(args) -> int:
 
 def _cmd_demo(args) -> int:
     from .train import TrainConfig
-    from .train.demo import run_demo
+    from .train.demo import DEMO_DEFAULTS, run_demo
 
     try:
-        base = TrainConfig(**{k: v for k, v in (
+        base = TrainConfig(**{**DEMO_DEFAULTS, **{k: v for k, v in (
             ("n_train", args.n_train), ("n_val", args.n_val), ("epochs", args.epochs), ("width", args.width),
             ("size", tuple(args.size) if args.size else None), ("backbone", args.backbone),
             ("tasks", tuple(args.tasks) if args.tasks else None), ("seed", args.seed),
-            ("cache_dir", args.cache_dir), ("batch_size", args.batch_size)) if v is not None})
+            ("cache_dir", args.cache_dir), ("batch_size", args.batch_size),
+            ("num_threads", args.num_threads)) if v is not None}})
         results = run_demo(args.out_dir, methods=args.methods, base=base, quiet=args.quiet,
                            timing_steps=args.timing_steps)
     except (ValueError, FileNotFoundError) as e:
@@ -203,6 +204,7 @@ def _add_train_arguments(p) -> None:
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--seed", type=int)
     p.add_argument("--num-workers", type=int)
+    p.add_argument("--num-threads", type=int, help="torch CPU threads (default: 1 when the machine is busy)")
     p.add_argument("--max-steps-per-epoch", type=int)
     p.add_argument("--cache-dir")
     p.add_argument("--out-dir", help="checkpoints (last.pt) and metrics.jsonl / metrics.csv")
@@ -253,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--cache-dir")
     p.add_argument("--timing-steps", type=int, default=3)
+    p.add_argument("--num-threads", type=int, help="torch CPU threads (default: 1 when the machine is busy)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_demo)
     return parser

@@ -37,6 +37,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     num_workers: int = 0
+    num_threads: Optional[int] = None        # torch intra-op threads; None: auto (see choose_num_threads)
     max_steps_per_epoch: Optional[int] = None
     eval_every: int = 1                      # epochs between evaluations (the last epoch always evaluates)
     out_dir: Optional[str] = None            # checkpoints and logs; None: nothing written
@@ -71,6 +72,9 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"config.{name}: expected a non-negative int, got {v!r}")
+        if self.num_threads is not None and (isinstance(self.num_threads, bool) or not isinstance(self.num_threads, int)
+                                             or self.num_threads < 1):
+            raise ValueError(f"config.num_threads: expected a positive int or None, got {self.num_threads!r}")
         if self.max_steps_per_epoch is not None and (not isinstance(self.max_steps_per_epoch, int)
                                                      or self.max_steps_per_epoch < 1):
             raise ValueError(f"config.max_steps_per_epoch: expected a positive int or None, got "
@@ -116,3 +120,21 @@ class TrainConfig:
         except json.JSONDecodeError as e:
             raise ValueError(f"config: {path} is not valid JSON: {e}") from e
         return cls.from_dict(data)
+
+
+def choose_num_threads(requested: Optional[int]) -> int:
+    """``requested``, else: 1 thread when the machine is already busy (1-minute load average at least the
+    number of cores — there, several intra-op threads spin-wait on each other and small convolutions run
+    many times slower), otherwise torch's default."""
+    import os
+
+    import torch
+
+    if requested is not None:
+        return requested
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0] >= cores
+    except OSError:
+        busy = False
+    return 1 if busy else torch.get_num_threads()

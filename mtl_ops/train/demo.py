@@ -27,6 +27,9 @@ DEMO_SCHEDULES = {
     "adashare": {"warmup_epochs": 2, "search_cycles": 2},
     "pdf": {"threshold": 0.5, "cka_images": 64, "max_fusions": 1},
 }
+#: the demo's data and budget (sized for ~8 minutes on a shared 2-core CPU)
+DEMO_DEFAULTS = {"n_train": 384, "n_val": 96, "epochs": 3, "size": (64, 85), "backbone": "resnet18", "width": 16,
+                 "batch_size": 16}
 DEMO_ORDER = ("single_task", "shared")
 
 

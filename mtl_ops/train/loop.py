@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, choose_num_threads
 from .distributed import DistInfo, barrier, init_distributed
 from .log import MetricsLog
 from .methods import build_model, count_learnable_parameters, get_method
@@ -77,6 +77,8 @@ class Trainer:
             raise ValueError(f"Trainer: config must be a TrainConfig, got {type(config).__name__}")
         self.config = config
         self.device = default_device(config.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(choose_num_threads(config.num_threads))
         self.dist: DistInfo = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
