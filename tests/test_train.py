@@ -205,3 +205,24 @@ def test_trivial_predictor_and_losses_shapes():
     assert set(metrics) == set(TASKS)
     # a constant label gives pixel accuracy = that class's frequency and mIoU = that / num_classes at most
     assert metrics["semseg"]["mIoU"] <= metrics["semseg"]["pixel_acc"] / 2
+
+
+def test_train_on_nyuv2_npy_layout(tmp_path):
+    from mtl_ops.data import NYUV2_CLASSES
+    from test_data_npy import write_split
+
+    write_split(tmp_path, "train", 8, (32, 40), len(NYUV2_CLASSES))
+    write_split(tmp_path, "val", 4, (32, 40), len(NYUV2_CLASSES), seed=1)
+    trainer = Trainer(tiny_config(dataset="nyuv2", data_root=str(tmp_path), size=(32, 40), augment=True))
+    assert trainer.channels["semseg"] == len(NYUV2_CLASSES)
+    metrics = trainer.fit()
+    assert set(metrics) == set(TASKS)
+
+
+def test_amp_bf16_on_cpu_trains():
+    trainer = Trainer(tiny_config(amp=True, tasks=("semseg", "depth")))
+    losses = trainer.train_epoch(0)
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    with trainer.autocast():
+        out = trainer.wrapper(trainer.val_set[0]["image"][None])
+    assert out["semseg"].dtype == torch.bfloat16

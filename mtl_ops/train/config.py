@@ -16,7 +16,8 @@ class TrainConfig:
     tasks: Tuple[str, ...] = ("semseg", "depth", "normals", "edges")
     dataset: str = "synthetic"
     data_root: Optional[str] = None          # nyuv2 / cityscapes: the .npy layout's root folder
-    size: Tuple[int, int] = (64, 85)         # synthetic image size (H, W)
+    size: Optional[Tuple[int, int]] = None   # image size (H, W): synthetic default 64x85; nyuv2/cityscapes:
+                                             # the stored size (default: the dataset's standard size)
     n_train: int = 512                       # synthetic: training images
     n_val: int = 128                         # synthetic: validation images
     data_seed: int = 0
@@ -45,7 +46,7 @@ class TrainConfig:
 
     def __post_init__(self):
         self.tasks = tuple(self.tasks)
-        self.size = tuple(self.size)
+        self.size = tuple(self.size) if self.size is not None else None
         self.validate()
 
     def validate(self) -> None:
@@ -62,7 +63,7 @@ class TrainConfig:
             raise ValueError(f"config.dataset: expected one of {DATASETS}, got {self.dataset!r}")
         if self.dataset != "synthetic" and not self.data_root:
             raise ValueError(f"config.data_root: dataset {self.dataset!r} needs data_root (the .npy folder)")
-        if len(self.size) != 2 or any(not isinstance(s, int) or s < 16 for s in self.size):
+        if self.size is not None and len(self.size) != 2 or self.size is not None and any(not isinstance(s, int) or s < 16 for s in self.size):
             raise ValueError(f"config.size: expected (H, W) ints >= 16, got {self.size!r}")
         for name in ("n_train", "n_val", "epochs", "batch_size", "width", "eval_every"):
             v = getattr(self, name)
@@ -97,7 +98,8 @@ class TrainConfig:
 
     def to_dict(self) -> Dict:
         d = asdict(self)
-        d["tasks"], d["size"] = list(self.tasks), list(self.size)
+        d["tasks"] = list(self.tasks)
+        d["size"] = list(self.size) if self.size is not None else None
         return d
 
     @classmethod

@@ -114,6 +114,14 @@ def run_demo(out_dir, *, methods: Optional[Sequence[str]] = None, base: Optional
             reference = step_time(trainer, timing_steps)
         entry = {"metrics": metrics, "parameters": trainer.learnable_parameters(), "train_seconds": train_seconds,
                  "step_seconds_fused": fused, "step_seconds_reference": reference, "epochs_run": trainer.epoch}
+        if hasattr(trainer.net, "set_mode"):  # AdaShare: also time the soft-gate step of policy learning,
+            mode = trainer.net.mode           # the one that runs the fused gated_residual op
+            trainer.net.set_mode("soft")
+            with backend_env(None):
+                entry["soft_step_seconds_fused"] = step_time(trainer, timing_steps)
+            with backend_env("reference"):
+                entry["soft_step_seconds_reference"] = step_time(trainer, timing_steps)
+            trainer.net.set_mode(mode)
         if hasattr(trainer, "adashare_policy_table"):
             entry["adashare_policy"] = trainer.adashare_policy_table
         if hasattr(trainer, "pdf_steps"):

@@ -30,14 +30,17 @@ def build_datasets(config: TrainConfig):
     from ..data import Cityscapes, NYUv2, SyntheticScenes
 
     if config.dataset == "synthetic":
-        kw = dict(size=config.size, seed=config.data_seed, tasks=config.tasks, cache_dir=config.cache_dir)
+        kw = dict(size=config.size or SYNTHETIC_SIZE, seed=config.data_seed, tasks=config.tasks, cache_dir=config.cache_dir)
         train = SyntheticScenes("train", n=config.n_train, **kw)
         val = SyntheticScenes("val", n=config.n_val, **kw)
         return train, val, SyntheticScenes.num_classes
     cls = {"nyuv2": NYUv2, "cityscapes": Cityscapes}[config.dataset]
-    train = cls(config.data_root, "train", tasks=config.tasks)
-    val = cls(config.data_root, "val", tasks=config.tasks)
+    train = cls(config.data_root, "train", tasks=config.tasks, size=config.size)
+    val = cls(config.data_root, "val", tasks=config.tasks, size=config.size)
     return train, val, train.num_classes
+
+
+SYNTHETIC_SIZE = (64, 85)
 
 
 def hflip_batch(batch: Dict[str, torch.Tensor], flip: torch.Tensor) -> Dict[str, torch.Tensor]:
