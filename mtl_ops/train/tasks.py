@@ -84,13 +84,9 @@ def make_task_metrics(tasks, num_classes: int) -> Dict[str, object]:
 
 
 def update_metric(task: str, metric, pred: torch.Tensor, batch) -> None:
+    """Feed one batch to ``task``'s metric; depth and normals are scored on ``batch["valid"]`` pixels."""
     pred = as_task_prediction(task, pred.detach())
-    target = batch[task]
-    if task == "semseg":
-        metric.update(pred, target)
-    elif task in ("depth", "normals"):
-        metric.update(pred, target, batch["valid"])
-    elif task == "edges":
-        metric.update(pred, target)
+    if task in ("depth", "normals"):
+        metric.update(pred, batch[task], batch["valid"])
     else:
-        metric.update(pred, target)
+        metric.update(pred, batch[task])
