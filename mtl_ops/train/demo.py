@@ -49,30 +49,31 @@ def backend_env(value: Optional[str]):
             os.environ["MTL_OPS_BACKEND"] = old
 
 
-def step_time(trainer: Trainer, steps: int = 3) -> float:
-    """Median seconds of a training step (forward, backward, optimiser) of the trained model on training
-    batches, after one warm-up step; the weights are restored afterwards."""
+def step_times(trainer: Trainer, steps: int = 3) -> tuple:
+    """Median seconds of a training step (forward, backward, optimiser) of the trained model with the default
+    (fused) backend and with ``MTL_OPS_BACKEND=reference``, alternating the two on the same training batches
+    so that load changes on a shared machine hit both alike; one warm-up step each; weights restored after."""
     model = trainer.wrapper
     saved = {k: v.clone() for k, v in model.state_dict().items()}
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=0.0)
-    loader = trainer.loader(trainer.train_set, 0, True)
-    times = []
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    times = {None: [], "reference": []}
     model.train()
-    for i, batch in enumerate(loader):
+    for i, batch in enumerate(trainer.loader(trainer.train_set, 0, True)):
         if i > steps:
             break
         batch = trainer.to_device(batch)
-        start = time.perf_counter()
-        total, _ = trainer.compute_loss(batch)
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-        if i:
-            times.append(time.perf_counter() - start)
+        for backend in (None, "reference"):
+            with backend_env(backend):
+                start = time.perf_counter()
+                total, _ = trainer.compute_loss(batch)
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                opt.step()
+                if i:
+                    times[backend].append(time.perf_counter() - start)
     model.load_state_dict(saved)
-    times.sort()
-    return times[len(times) // 2]
+    median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    return median(times[None]), median(times["reference"])
 
 
 def demo_methods(methods: Optional[Sequence[str]] = None) -> list:
@@ -108,19 +109,13 @@ def run_demo(out_dir, *, methods: Optional[Sequence[str]] = None, base: Optional
             results["methods"]["trivial"] = {"metrics": trainer.evaluate(forward=trivial), "parameters": 0}
         metrics = trainer.fit()
         train_seconds = time.perf_counter() - t0
-        with backend_env(None):
-            fused = step_time(trainer, timing_steps)
-        with backend_env("reference"):
-            reference = step_time(trainer, timing_steps)
+        fused, reference = step_times(trainer, timing_steps)
         entry = {"metrics": metrics, "parameters": trainer.learnable_parameters(), "train_seconds": train_seconds,
                  "step_seconds_fused": fused, "step_seconds_reference": reference, "epochs_run": trainer.epoch}
         if hasattr(trainer.net, "set_mode"):  # AdaShare: also time the soft-gate step of policy learning,
             mode = trainer.net.mode           # the one that runs the fused gated_residual op
             trainer.net.set_mode("soft")
-            with backend_env(None):
-                entry["soft_step_seconds_fused"] = step_time(trainer, timing_steps)
-            with backend_env("reference"):
-                entry["soft_step_seconds_reference"] = step_time(trainer, timing_steps)
+            entry["soft_step_seconds_fused"], entry["soft_step_seconds_reference"] = step_times(trainer, timing_steps)
             trainer.net.set_mode(mode)
         if hasattr(trainer, "adashare_policy_table"):
             entry["adashare_policy"] = trainer.adashare_policy_table
