@@ -1,4 +1,5 @@
-"""The `mtl-ops` command: `info` (build and backends), `bench` (speed and memory ratio table)."""
+"""The `mtl-ops` command: `info` (build and backends), `bench` (speed and memory ratio table), `train`,
+`eval`, `predict` and `demo` (train and compare every method on the embedded synthetic scenes)."""
 from __future__ import annotations
 
 import argparse
@@ -49,6 +50,167 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _train_config(args):
+    from .train import TrainConfig
+
+    data = TrainConfig.from_json(args.config).to_dict() if getattr(args, "config", None) else {}
+    for name in ("method", "tasks", "dataset", "data_root", "size", "n_train", "n_val", "backbone", "width", "epochs",
+                 "batch_size", "lr", "weighting", "device", "seed", "num_workers", "num_threads", "out_dir", "cache_dir",
+                 "max_steps_per_epoch"):
+        value = getattr(args, name, None)
+        if value is not None:
+            data[name] = list(value) if isinstance(value, list) else value
+    for name in ("method_options", "schedule_options", "loss_weights"):
+        value = getattr(args, name, None)
+        if value is not None:
+            try:
+                data[name] = json.loads(value)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--{name.replace('_', '-')}: not valid JSON ({e})") from None
+    if getattr(args, "amp", False):
+        data["amp"] = True
+    if getattr(args, "no_augment", False):
+        data["augment"] = False
+    if getattr(args, "quiet", False):
+        data["quiet"] = True
+    return TrainConfig.from_dict(data)
+
+
+def _fail(command: str, error: Exception) -> int:
+    print(f"mtl-ops {command}: error: {error}", file=sys.stderr)
+    return 2
+
+
+def _cmd_train(args) -> int:
+    from .train import Trainer
+
+    try:
+        config = _train_config(args)
+        trainer = Trainer(config)
+        if args.resume:
+            trainer.resume(args.resume)
+    except (ValueError, FileNotFoundError) as e:
+        return _fail("train", e)
+    metrics = trainer.fit()
+    if trainer.dist.is_main:
+        print(json.dumps({"method": config.method, "learnable_parameters": trainer.learnable_parameters(),
+                          "val": metrics}, indent=2))
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from .train import Trainer
+    from .train.inference import load_trained
+
+    try:
+        model, config, _ = load_trained(args.checkpoint)
+        overrides = {k: v for k, v in (("data_root", args.data_root), ("cache_dir", args.cache_dir)) if v}
+        config = type(config).from_dict({**config.to_dict(), **overrides, "out_dir": None, "quiet": True})
+        trainer = Trainer(config)
+    except (ValueError, FileNotFoundError) as e:
+        return _fail("eval", e)
+    trainer.wrapper.load_state_dict(model.state_dict())
+    if hasattr(trainer.net, "set_mode") and hasattr(model.net, "mode"):
+        trainer.net.set_mode(model.net.mode)
+    metrics = trainer.evaluate()
+    text = json.dumps({"method": config.method, "val": metrics}, indent=2)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text)
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from .train.inference import load_trained, prediction_images, write_predictions
+    from .utils.png import read_png
+
+    try:
+        model, config, state = load_trained(args.checkpoint)
+        path = Path(args.image)
+        if not path.is_file():
+            raise FileNotFoundError(f"IMAGE: no file at {path}")
+        if path.suffix == ".npy":
+            array = np.load(path)
+        elif path.suffix == ".png":
+            array = read_png(path)
+        else:
+            raise ValueError(f"IMAGE: expected a .png or .npy file, got {path.name}")
+        if array.ndim != 3 or array.shape[2] not in (3, 4):
+            raise ValueError(f"IMAGE: expected an (H, W, 3) RGB image, got shape {array.shape}")
+    except (ValueError, FileNotFoundError) as e:
+        return _fail("predict", e)
+    array = array[..., :3].astype(np.float32)
+    if array.max() > 1.0:
+        array = array / 255.0
+    image = torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
+    if args.size:
+        image = torch.nn.functional.interpolate(image, size=tuple(args.size), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        preds = model(image)
+    out_dir = Path(args.out_dir or ".")
+    images = prediction_images(preds, 0, state["num_classes"])
+    for written in write_predictions(out_dir, path.stem, images):
+        print(f"wrote {written}")
+    if "attributes" in preds:
+        present = (torch.sigmoid(preds["attributes"][0]) > 0.5).nonzero().flatten().tolist()
+        print(f"attributes (classes present): {present}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .train import TrainConfig
+    from .train.demo import DEMO_DEFAULTS, run_demo
+
+    try:
+        base = TrainConfig(**{**DEMO_DEFAULTS, **{k: v for k, v in (
+            ("n_train", args.n_train), ("n_val", args.n_val), ("epochs", args.epochs), ("width", args.width),
+            ("size", tuple(args.size) if args.size else None), ("backbone", args.backbone),
+            ("tasks", tuple(args.tasks) if args.tasks else None), ("seed", args.seed),
+            ("cache_dir", args.cache_dir), ("batch_size", args.batch_size),
+            ("num_threads", args.num_threads)) if v is not None}})
+        results = run_demo(args.out_dir, methods=args.methods, base=base, quiet=args.quiet,
+                           timing_steps=args.timing_steps)
+    except (ValueError, FileNotFoundError) as e:
+        return _fail("demo", e)
+    print(f"demo finished in {results['wall_seconds']:.0f} s; report: {args.out_dir}/report.md")
+    return 0
+
+
+def _add_train_arguments(p) -> None:
+    p.add_argument("--config", help="a JSON file with TrainConfig fields (options below override it)")
+    p.add_argument("--method", help="single_task, shared, adashare, pdf, or any registered method")
+    p.add_argument("--tasks", nargs="+", help="semseg depth normals edges attributes")
+    p.add_argument("--dataset", help="synthetic (default), nyuv2 or cityscapes")
+    p.add_argument("--data-root", help="root of the NYUv2/Cityscapes .npy layout")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="synthetic image size")
+    p.add_argument("--n-train", type=int)
+    p.add_argument("--n-val", type=int)
+    p.add_argument("--backbone")
+    p.add_argument("--width", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weighting", help="fixed or uncertainty")
+    p.add_argument("--loss-weights", help='JSON, e.g. \'{"depth": 2}\'')
+    p.add_argument("--method-options", help="JSON passed to the network builder")
+    p.add_argument("--schedule-options", help="JSON for AdaShare phases / PDF schedule")
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--amp", action="store_true", help="automatic mixed precision")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--num-threads", type=int, help="torch CPU threads (default: 1 when the machine is busy)")
+    p.add_argument("--max-steps-per-epoch", type=int)
+    p.add_argument("--cache-dir")
+    p.add_argument("--out-dir", help="checkpoints (last.pt) and metrics.jsonl / metrics.csv")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtl-ops", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -63,6 +225,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="also write the rows (op, provider, shape, dtype, device, "
                                                    "versions, commit, time, peak memory) as JSON")
     p.set_defaults(func=_cmd_bench)
+    p = sub.add_parser("train", help="train one method (torchrun for several processes)")
+    _add_train_arguments(p)
+    p.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint (last.pt)")
+    p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("eval", help="validation metrics of a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--data-root")
+    p.add_argument("--cache-dir")
+    p.add_argument("--json", metavar="PATH", help="also write the metrics as JSON")
+    p.set_defaults(func=_cmd_eval)
+    p = sub.add_parser("predict", help="segmentation, depth, normals and edges PNGs for one image")
+    p.add_argument("checkpoint")
+    p.add_argument("image", metavar="IMAGE", help="an RGB .png or (H, W, 3) .npy")
+    p.add_argument("--out-dir", help="where the PNGs go (default: current folder)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize the image first")
+    p.set_defaults(func=_cmd_predict)
+    p = sub.add_parser("demo", help="train and compare every method on the synthetic scenes; write a report")
+    p.add_argument("--out-dir", default="mtl_ops_demo")
+    p.add_argument("--methods", nargs="+", help="default: single_task, shared and every registered method")
+    p.add_argument("--tasks", nargs="+")
+    p.add_argument("--n-train", type=int)
+    p.add_argument("--n-val", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--backbone")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"))
+    p.add_argument("--seed", type=int)
+    p.add_argument("--cache-dir")
+    p.add_argument("--timing-steps", type=int, default=3)
+    p.add_argument("--num-threads", type=int, help="torch CPU threads (default: 1 when the machine is busy)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 

@@ -1,4 +1,8 @@
 """Backbones and complete multi-task networks per method (for training and examples)."""
 from .backbones import BasicBlock, ResNetBackbone, TimmBackbone, build_backbone
+from .heads import IMAGE_LEVEL_TASKS
+from .pdf import DecoderBlock, PDFNet
+from .shared import SharedNet, SingleTaskNets
 
-__all__ = ["BasicBlock", "ResNetBackbone", "TimmBackbone", "build_backbone"]
+__all__ = ["BasicBlock", "ResNetBackbone", "TimmBackbone", "build_backbone", "SharedNet", "SingleTaskNets",
+           "PDFNet", "DecoderBlock", "IMAGE_LEVEL_TASKS"]

@@ -1,0 +1,70 @@
+"""The shared-backbone baseline (hard parameter sharing) and the single-task baseline.
+
+``SharedNet``: one backbone and one light FPN decoder shared by every task, then a small head per task.
+With a single task it is that task's single-task baseline (same backbone, decoder and head), so the two
+baselines differ only in what is shared. ``SingleTaskNets`` holds one independent ``SharedNet`` per task
+behind the common multi-task interface; because no parameter is shared, training it on the sum of the
+task losses trains each network exactly as if it were trained alone on the same batches.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import build_backbone
+from .heads import IMAGE_LEVEL_TASKS, check_tasks, conv_bn_relu, make_head
+
+
+class FPNDecoder(nn.Module):
+    """Lateral 1x1 convs on every backbone map, top-down sum with bilinear upsampling, then conv3x3-BN-ReLU
+    at the finest stride. Returns (finest map, deepest map)."""
+
+    def __init__(self, in_channels: list, channels: int):
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
+        self.smooth = conv_bn_relu(channels, channels)
+
+    def forward(self, features: list) -> torch.Tensor:
+        x = self.lateral[-1](features[-1])
+        for lateral, f in zip(reversed(self.lateral[:-1]), reversed(features[:-1])):
+            x = lateral(f) + F.interpolate(x, size=f.shape[-2:], mode="bilinear", align_corners=False)
+        return self.smooth(x)
+
+
+class SharedNet(nn.Module):
+    """Hard parameter sharing: ``backbone`` (``mtl_ops.models.build_backbone`` name) → FPN decoder with
+    ``decoder_channels`` → per-task heads. ``width`` is the backbone's base width. Dense predictions come at
+    input resolution; image-level tasks (``attributes``) read the pooled deepest backbone map."""
+
+    def __init__(self, tasks: Mapping[str, int], backbone: str = "resnet18", *, width: int = 16,
+                 decoder_channels: int = 64, head_hidden: int | None = None):
+        super().__init__()
+        self.tasks = check_tasks(tasks, "SharedNet")
+        self.backbone = build_backbone(backbone, width=width) if backbone.startswith("resnet") else \
+            build_backbone(backbone)
+        self.decoder = FPNDecoder(list(self.backbone.channels), decoder_channels)
+        self.heads = nn.ModuleDict({
+            t: make_head(t, self.backbone.channels[-1] if t in IMAGE_LEVEL_TASKS else decoder_channels, k,
+                         head_hidden) for t, k in self.tasks.items()})
+
+    def forward(self, images: torch.Tensor) -> dict:
+        features = self.backbone(images)
+        dense = self.decoder(features) if any(t not in IMAGE_LEVEL_TASKS for t in self.tasks) else None
+        return {t: head(features[-1] if t in IMAGE_LEVEL_TASKS else dense, images.shape[-2:])
+                for t, head in self.heads.items()}
+
+
+class SingleTaskNets(nn.Module):
+    """One independent :class:`SharedNet` per task (the single-task baselines), with the multi-task
+    interface ``forward(images) -> {task: prediction}``."""
+
+    def __init__(self, tasks: Mapping[str, int], backbone: str = "resnet18", **options):
+        super().__init__()
+        self.tasks = check_tasks(tasks, "SingleTaskNets")
+        self.nets = nn.ModuleDict({t: SharedNet({t: k}, backbone, **options) for t, k in self.tasks.items()})
+
+    def forward(self, images: torch.Tensor) -> dict:
+        return {t: net(images)[t] for t, net in self.nets.items()}

@@ -1,0 +1,142 @@
+"""Training configuration: one dataclass, validated up front with errors that name the field."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+DATASETS = ("synthetic", "nyuv2", "cityscapes")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    method: str = "shared"
+    tasks: Tuple[str, ...] = ("semseg", "depth", "normals", "edges")
+    dataset: str = "synthetic"
+    data_root: Optional[str] = None          # nyuv2 / cityscapes: the .npy layout's root folder
+    size: Optional[Tuple[int, int]] = None   # image size (H, W): synthetic default 64x85; nyuv2/cityscapes:
+                                             # the stored size (default: the dataset's standard size)
+    n_train: int = 512                       # synthetic: training images
+    n_val: int = 128                         # synthetic: validation images
+    data_seed: int = 0
+    cache_dir: Optional[str] = None
+    backbone: str = "resnet18"
+    width: int = 16
+    method_options: Dict = field(default_factory=dict)     # passed to the network builder
+    schedule_options: Dict = field(default_factory=dict)   # AdaShare phases / PDF schedule (see their modules)
+    epochs: int = 4
+    batch_size: int = 16                     # per process under torchrun
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    weighting: str = "fixed"                 # fixed | uncertainty
+    loss_weights: Dict[str, float] = field(default_factory=dict)
+    aux_weight: float = 0.5                  # deep supervision: weight of the auxiliary losses
+    augment: bool = True                     # random horizontal flip (normals' x negated)
+    amp: bool = False                        # autocast: bf16 on CPU, fp16 (with loss scaling) on CUDA
+    device: str = "auto"
+    seed: int = 0
+    num_workers: int = 0
+    num_threads: Optional[int] = None        # torch intra-op threads; None: auto (see choose_num_threads)
+    max_steps_per_epoch: Optional[int] = None
+    eval_every: int = 1                      # epochs between evaluations (the last epoch always evaluates)
+    out_dir: Optional[str] = None            # checkpoints and logs; None: nothing written
+    quiet: bool = False
+
+    def __post_init__(self):
+        self.tasks = tuple(self.tasks)
+        self.size = tuple(self.size) if self.size is not None else None
+        self.validate()
+
+    def validate(self) -> None:
+        from .methods import available_methods
+        from .tasks import KNOWN_TASKS
+        from .weighting import WEIGHTINGS
+
+        if self.method not in available_methods():
+            raise ValueError(f"config.method: unknown method {self.method!r}; available: {available_methods()}")
+        if not self.tasks or isinstance(self.tasks, str) or any(t not in KNOWN_TASKS for t in self.tasks) \
+                or len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"config.tasks: expected distinct task names from {list(KNOWN_TASKS)}, got {self.tasks!r}")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"config.dataset: expected one of {DATASETS}, got {self.dataset!r}")
+        if self.dataset != "synthetic" and not self.data_root:
+            raise ValueError(f"config.data_root: dataset {self.dataset!r} needs data_root (the .npy folder)")
+        if self.size is not None and len(self.size) != 2 or self.size is not None and any(not isinstance(s, int) or s < 16 for s in self.size):
+            raise ValueError(f"config.size: expected (H, W) ints >= 16, got {self.size!r}")
+        for name in ("n_train", "n_val", "epochs", "batch_size", "width", "eval_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"config.{name}: expected a positive int, got {v!r}")
+        for name in ("data_seed", "seed", "num_workers"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"config.{name}: expected a non-negative int, got {v!r}")
+        if self.num_threads is not None and (isinstance(self.num_threads, bool) or not isinstance(self.num_threads, int)
+                                             or self.num_threads < 1):
+            raise ValueError(f"config.num_threads: expected a positive int or None, got {self.num_threads!r}")
+        if self.max_steps_per_epoch is not None and (not isinstance(self.max_steps_per_epoch, int)
+                                                     or self.max_steps_per_epoch < 1):
+            raise ValueError(f"config.max_steps_per_epoch: expected a positive int or None, got "
+                             f"{self.max_steps_per_epoch!r}")
+        for name in ("lr", "weight_decay", "aux_weight"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (name == "lr" and v == 0):
+                raise ValueError(f"config.{name}: expected a {'positive' if name == 'lr' else 'non-negative'} "
+                                 f"number, got {v!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"config.weighting: expected one of {WEIGHTINGS}, got {self.weighting!r}")
+        if not isinstance(self.loss_weights, dict):
+            raise ValueError(f"config.loss_weights: expected a dict task -> weight, got {self.loss_weights!r}")
+        if not isinstance(self.schedule_options, dict):
+            raise ValueError(f"config.schedule_options: expected a dict, got {self.schedule_options!r}")
+        if not isinstance(self.method_options, dict):
+            raise ValueError(f"config.method_options: expected a dict, got {self.method_options!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"config.device: expected one of {DEVICES}, got {self.device!r}")
+
+    def to_dict(self) -> Dict:
+        d = asdict(self)
+        d["tasks"] = list(self.tasks)
+        d["size"] = list(self.size) if self.size is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Dict) -> "TrainConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"config: expected a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"config: unknown field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, path) -> "TrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config: no file at {path}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config: {path} is not valid JSON: {e}") from e
+        return cls.from_dict(data)
+
+
+def choose_num_threads(requested: Optional[int]) -> int:
+    """``requested``, else: 1 thread when the machine is already busy (1-minute load average at least the
+    number of cores — there, several intra-op threads spin-wait on each other and small convolutions run
+    many times slower), otherwise torch's default."""
+    import os
+
+    import torch
+
+    if requested is not None:
+        return requested
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0] >= cores
+    except OSError:
+        busy = False
+    return 1 if busy else torch.get_num_threads()
