@@ -1,0 +1,32 @@
+"""Reference definition of CTAL's cross-task affinity core (EMA-Net), the literal naive computation.
+
+It materialises, per sample, the T cosine Gram matrices A_t (N x N), their interleaved stack (T*N channels
+over the key grid) and the fused matrix M (N x N): the memory the fused backends remove. The oracle for
+every backend of ``mtl_ops.ops.ctal_affinity``.
+"""
+import torch
+import torch.nn.functional as F
+
+
+def ctal_affinity(x: torch.Tensor, v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                  gamma: float) -> torch.Tensor:
+    """``r_t = gamma * V_t M^T + (1 - gamma) * x_t`` with M the grouped k x k mixing of the cosine Grams.
+
+    x, v: (B, T, C, H, W). weight: (N, T, k, k) (one M shared by all tasks) or (T, N, T, k, k) (one M_t
+    per task); bias: (N,) or (T, N); N = H * W. Returns (B, T, C, H, W).
+    """
+    B, T, C, H, W = x.shape
+    N = H * W
+    k = weight.shape[-1]
+    f = F.normalize(x.reshape(B, T, C, N), dim=2, eps=1e-12)
+    A = torch.einsum("btci,btcj->bitj", f, f)                          # (B, N, T, N): A_t[i, j], query-major
+    X = A.reshape(B, N * T, H, W)                                      # channel i*T + t, a map over key j
+    per_task = weight.dim() == 5
+    out = []
+    for t in range(T):
+        if t == 0 or per_task:  # Conv2d(T*N -> N, k, padding=k//2, groups=N): M[b, i, j]
+            w, b = (weight[t], bias[t]) if per_task else (weight, bias)
+            M = F.conv2d(X, w, b, padding=k // 2, groups=N).reshape(B, N, N)
+        Z = torch.bmm(v[:, t].reshape(B, C, N), M.transpose(1, 2)).reshape(B, C, H, W)
+        out.append(gamma * Z + (1 - gamma) * x[:, t])
+    return torch.stack(out, dim=1)
