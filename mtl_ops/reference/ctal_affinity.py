@@ -30,3 +30,30 @@ def ctal_affinity(x: torch.Tensor, v: torch.Tensor, weight: torch.Tensor, bias: 
         Z = torch.bmm(v[:, t].reshape(B, C, N), M.transpose(1, 2)).reshape(B, C, H, W)
         out.append(gamma * Z + (1 - gamma) * x[:, t])
     return torch.stack(out, dim=1)
+
+
+def ctal_affinity_reassociated(x: torch.Tensor, v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                               gamma: float) -> torch.Tensor:
+    """The same function by the exact reassociation (spec section 1.7, Option A) in plain PyTorch ops with
+    autograd: G = V P^T with P the k*k shifted copies of the normalised features, Z = sum_d G_d Q_d. Linear in
+    N (it materialises P and Q, k*k*T*C x N each); the bar a careful user reaches without the fused kernels,
+    and an oracle at sizes where the naive path does not fit."""
+    B, T, C, H, W = x.shape
+    N = H * W
+    k = weight.shape[-1]
+    p = k // 2
+    taps = k * k
+    f = F.normalize(x.reshape(B, T, C, N), dim=2, eps=1e-12)
+    fp = F.pad(f.reshape(B, T * C, H, W), (p, p, p, p))
+    P = torch.stack([fp[:, :, ky:ky + H, kx:kx + W] for ky in range(k) for kx in range(k)], 1)  # (B, taps, TC, H, W)
+    G = torch.bmm(v.reshape(B, T * C, N), P.reshape(B, taps * T * C, N).transpose(1, 2))     # (B, TC, taps*TC)
+    per_task = weight.dim() == 5
+    Ws = weight.reshape(T if per_task else 1, N, T, taps).permute(0, 3, 2, 1)                  # (Tw, taps, T, N)
+    Q = (Ws[:, None, :, :, None, :] * f[None, :, None]).reshape(Ws.shape[0], B, taps * T * C, N)
+    Gt = G.reshape(B, T, C, taps * T * C)
+    if per_task:
+        Z = torch.stack([torch.bmm(Gt[:, t], Q[t]) for t in range(T)], 1)                      # (B, T, C, N)
+    else:
+        Z = torch.bmm(G, Q[0]).reshape(B, T, C, N)
+    Z = Z + v.reshape(B, T, C, N).sum(3, keepdim=True) * bias.reshape(1, -1, 1, N)
+    return (gamma * Z.reshape(x.shape) + (1 - gamma) * x)

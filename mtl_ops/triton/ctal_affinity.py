@@ -33,8 +33,8 @@ def _shifted(j, dy, dx, H, W, N):
 @triton.jit
 def _gram_kernel(a_ptr, b_ptr, s_ptr, out_ptr, B, T, C, H, W, N, n_mt, n_nt,
                  K: tl.constexpr, SIGN: tl.constexpr, SCALED: tl.constexpr, PER_TASK: tl.constexpr,
-                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr):
-    tap = tl.program_id(0)
+                 TAPS_PER_PROGRAM: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                 ACC: tl.constexpr):
     pid = tl.program_id(1)
     nt = pid % n_nt
     pid = pid // n_nt
@@ -45,8 +45,6 @@ def _gram_kernel(a_ptr, b_ptr, s_ptr, out_ptr, B, T, C, H, W, N, n_mt, n_nt,
     t_row = pid % T
     b = (pid // T).to(tl.int64)
     P: tl.constexpr = K // 2
-    dy = (tap // K - P) * SIGN
-    dx = (tap % K - P) * SIGN
     TC = T * C
     m = mt * BM + tl.arange(0, BM)
     n = nt * BN + tl.arange(0, BN)
@@ -55,20 +53,24 @@ def _gram_kernel(a_ptr, b_ptr, s_ptr, out_ptr, B, T, C, H, W, N, n_mt, n_nt,
     a_rows = a_ptr + (b * TC + t_row * C + m) * N
     b_rows = b_ptr + (b * TC + t_col * C + n) * N
     tw = t_row if PER_TASK else 0
-    s_base = s_ptr + ((tw * K * K + tap) * T + t_col).to(tl.int64) * N
-    acc = tl.zeros((BM, BN), dtype=ACC)
-    for j0 in range(0, N, BK):
-        j = j0 + tl.arange(0, BK)
-        j_ok = j < N
-        a = tl.load(a_rows[:, None] + j[None, :], mask=m_ok[:, None] & j_ok[None, :], other=0.0).to(ACC)
-        jj, ok = _shifted(j, dy, dx, H, W, N)
-        bt = tl.load(b_rows[:, None] + jj[None, :], mask=n_ok[:, None] & ok[None, :], other=0.0).to(ACC)
-        if SCALED:
-            s = tl.load(s_base + j, mask=j_ok, other=0.0).to(ACC)
-            bt = bt * s[None, :]
-        acc += tl.dot(a, tl.trans(bt), input_precision="ieee", out_dtype=ACC)
-    out = out_ptr + ((tap * B + b) * TC + t_row * C + m)[:, None] * TC + (t_col * C + n)[None, :]
-    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    for q in range(TAPS_PER_PROGRAM):  # all taps in one program under the interpreter, one per program on GPUs
+        tap = tl.program_id(0) * TAPS_PER_PROGRAM + q
+        dy = (tap // K - P) * SIGN
+        dx = (tap % K - P) * SIGN
+        s_base = s_ptr + ((tw * K * K + tap) * T + t_col).to(tl.int64) * N
+        acc = tl.zeros((BM, BN), dtype=ACC)
+        for j0 in range(0, N, BK):
+            j = j0 + tl.arange(0, BK)
+            j_ok = j < N
+            a = tl.load(a_rows[:, None] + j[None, :], mask=m_ok[:, None] & j_ok[None, :], other=0.0).to(ACC)
+            jj, ok = _shifted(j, dy, dx, H, W, N)
+            bt = tl.load(b_rows[:, None] + jj[None, :], mask=n_ok[:, None] & ok[None, :], other=0.0).to(ACC)
+            if SCALED:
+                s = tl.load(s_base + j, mask=j_ok, other=0.0).to(ACC)
+                bt = bt * s[None, :]
+            acc += tl.dot(a, tl.trans(bt), input_precision="ieee", out_dtype=ACC)
+        out = out_ptr + ((tap * B + b) * TC + t_row * C + m)[:, None] * TC + (t_col * C + n)[None, :]
+        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
@@ -177,7 +179,7 @@ class _Geometry:
         self.TC = self.T * self.C
         self.tile_c = max(16, min(64, triton.next_power_of_2(self.C)))
         self.n_ct = triton.cdiv(self.C, self.tile_c)
-        self.tile_n = 32 if x.device.type == "cpu" else 64  # pixels per tile (the interpreter is slow)
+        self.tile_n = 64  # pixels per tile
         self.n_it = triton.cdiv(self.N, self.tile_n)
 
 
@@ -195,9 +197,11 @@ def _prepare(x, v, weight, g: _Geometry):
 
 def _gram(a, src, s, out, g: _Geometry, sign: int, scaled: bool):
     _, ACC = _acc(a.dtype)
-    grid = (g.taps, g.B * g.T * g.n_ct * g.T * g.n_ct)
+    per_program = g.taps if a.device.type == "cpu" else 1
+    grid = (g.taps // per_program, g.B * g.T * g.n_ct * g.T * g.n_ct)
     _gram_kernel[grid](a, src, s, out, g.B, g.T, g.C, g.H, g.W, g.N, g.n_ct, g.n_ct, K=g.k, SIGN=sign,
-                       SCALED=scaled, PER_TASK=g.per_task, BM=g.tile_c, BN=g.tile_c, BK=g.tile_n, ACC=ACC)
+                       SCALED=scaled, PER_TASK=g.per_task, TAPS_PER_PROGRAM=per_program, BM=g.tile_c,
+                       BN=g.tile_c, BK=g.tile_n, ACC=ACC)
 
 
 def _apply(lhs, src, s, g: _Geometry, sign: int, scaled: bool, trans: bool):
