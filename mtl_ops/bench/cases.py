@@ -26,6 +26,7 @@ class BenchCase:
     fused_fn: Callable[[str], Callable]  # backend name -> fn(*inputs)
     target: str = ""  # the speed/memory target, as stated in the issue
     notes: dict = field(default_factory=dict)
+    extra_providers: dict = field(default_factory=dict)  # other baselines: name -> fn(*inputs)
 
     def label(self, size: str) -> str:
         return " ".join(f"{k}={v}" for k, v in self.sizes[size].items())
@@ -34,6 +35,7 @@ class BenchCase:
 def providers_for(case: BenchCase, device: torch.device) -> list[Provider]:
     out = [Provider("reference", case.reference_fn),
            Provider("compile(reference)", torch.compile(case.reference_fn, dynamic=False))]
+    out += [Provider(name, fn) for name, fn in case.extra_providers.items()]
     for backend in OPS[case.op]:
         if backend != "reference" and unavailable_reason(backend, device.type, case.op) is None:
             if backend == "triton" and device.type == "cpu":
@@ -61,3 +63,29 @@ CASES: dict[str, BenchCase] = {
         target="CPU fp32 fwd+bwd at full size: cpp >= 1.5x reference and >= torch.compile(reference)",
     ),
 }
+
+
+def _ctal_affinity_inputs(size: dict, device: torch.device, dtype: torch.dtype):
+    g = torch.Generator().manual_seed(0)
+    B, T, C, H, W, k = (size[key] for key in ("B", "T", "C", "H", "W", "k"))
+    N = H * W
+    x = torch.randn(B, T, C, H, W, generator=g).to(device, dtype)
+    v = torch.randn(B, T, C, H, W, generator=g).to(device, dtype)
+    bound = (T * k * k) ** -0.5  # nn.Conv2d's default init of the fusion
+    weight = ((torch.rand(N, T, k, k, generator=g) * 2 - 1) * bound).to(device)
+    bias = ((torch.rand(N, generator=g) * 2 - 1) * bound).to(device)
+    return x, v, weight.to(dtype), bias.to(dtype)
+
+
+CTAL_GAMMA = 0.05
+CASES["ctal_affinity"] = BenchCase(
+    op="ctal_affinity",
+    sizes={"full": dict(B=2, T=3, C=128, H=72, W=96, k=3), "quick": dict(B=1, T=3, C=8, H=9, W=12, k=3)},
+    make_inputs=_ctal_affinity_inputs,
+    reference_fn=lambda x, v, w, b: reference.ctal_affinity(x, v, w, b, CTAL_GAMMA),
+    fused_fn=lambda backend: (lambda x, v, w, b: ops.ctal_affinity(x, v, w, b, CTAL_GAMMA, backend=backend)),
+    target=("CPU fp32 fwd+bwd at NYUv2 size (B=2 T=3 C=128 72x96): cpp >= 5x reference, faster than "
+            "torch.compile(reference) and the plain-PyTorch reassociation, peak memory <= 1/10 of the reference"),
+    extra_providers={"reassoc(plain torch)": lambda x, v, w, b: reference.ctal_affinity_reassociated(
+        x, v, w, b, CTAL_GAMMA)},
+)

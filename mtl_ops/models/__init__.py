@@ -3,6 +3,7 @@ from .backbones import BasicBlock, ResNetBackbone, TimmBackbone, build_backbone
 from .heads import IMAGE_LEVEL_TASKS
 from .pdf import DecoderBlock, PDFNet
 from .shared import SharedNet, SingleTaskNets
+from .ctal_net import CTALNet
 
 __all__ = ["BasicBlock", "ResNetBackbone", "TimmBackbone", "build_backbone", "SharedNet", "SingleTaskNets",
-           "PDFNet", "DecoderBlock", "IMAGE_LEVEL_TASKS"]
+           "PDFNet", "DecoderBlock", "IMAGE_LEVEL_TASKS", "CTALNet"]

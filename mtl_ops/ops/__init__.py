@@ -2,3 +2,6 @@
 from .gated_residual import gated_residual
 
 __all__ = ["gated_residual"]
+from .ctal_affinity import ctal_affinity
+
+__all__ += ["ctal_affinity"]

@@ -5,3 +5,6 @@ __all__ = ["gated_residual"]
 from .cka import cka
 
 __all__ += ["cka"]
+from .ctal_affinity import ctal_affinity, ctal_affinity_reassociated
+
+__all__ += ["ctal_affinity", "ctal_affinity_reassociated"]

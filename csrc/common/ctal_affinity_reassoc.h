@@ -1,0 +1,153 @@
+// ctal_affinity by exact reassociation (spec part 1, section 1.7 Option A): no tensor with N x N elements.
+//
+// Per sample, with F = the per-pixel L2-normalised x and V the projected features, both (T*C, N), and a tap
+// d = (ky, kx) shifting the key grid with zero fill (S_d):
+//   G_d = V S_d(F)^T                                  (T*C x T*C, one GEMM over the pixels per tap)
+//   Q_d[(t', c), i] = w[i, t', d] F[(t', c), i]      (the k x k mixing, as a per-pixel weighting)
+//   Z = sum_d G_d Q_d + (V 1) bias^T,   r = gamma Z + (1 - gamma) x
+// For per-task weights Q_d depends on the output task t: Z_t = sum_d G_d[t rows] Q_{t,d}.
+// Shifts are views: F and V are zero-padded by p = k/2 on the grid, and a tap is a flat offset, so each
+// GEMM reads a contiguous span of the padded arrays (no shifted copies). The backward is the adjoint:
+//   dG_d = dZ Q_d^T,  dQ_d = G_d^T dZ (-> dweight, and dF on the query side),
+//   dV += dG_d S_d(F),  dF += S_d^T(dG_d^T V)  (key side),  then the normalisation's backward.
+// G (taps, B, T*C, T*C) is returned by the forward and saved for the backward: O(B T^2 C^2 k^2) memory.
+// Written with ATen operators (GEMMs via bmm), so the CPU and CUDA backends share it; everything runs in
+// the accumulation dtype (fp32, fp64 for fp64 inputs).
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+
+#include <tuple>
+
+#include "ctal_affinity_args.h"
+
+namespace mtl_ops::ctal {
+
+constexpr double kNormEps = 1e-12;
+
+// (B, R, H, W) -> (B, R, Hp*Wp), zero-padded by p on the grid.
+inline at::Tensor pad_grid(const at::Tensor& t, const CtalGeometry& g) {
+  auto grid = t.reshape({g.B, -1, g.H, g.W});
+  return at::constant_pad_nd(grid, {g.p, g.p, g.p, g.p}, 0).reshape({g.B, -1, g.Npad});
+}
+
+// A span buffer (B, R, span) indexed from the padded position `first` -> its H x W interior (B, R, N).
+inline at::Tensor span_interior(const at::Tensor& span_buf, const CtalGeometry& g) {
+  auto full = at::constant_pad_nd(span_buf, {0, g.H * g.Wp - g.span}, 0);
+  return full.reshape({g.B, -1, g.H, g.Wp}).narrow(3, 0, g.W).reshape({g.B, -1, g.N});
+}
+
+// weight (N, T, k, k) or (T, N, T, k, k) -> (taps, Tw, T, N) in dtype acc.
+inline at::Tensor taps_major(const at::Tensor& weight, const CtalGeometry& g, at::ScalarType acc) {
+  return weight.to(acc).reshape({g.Tw, g.N, g.T, g.taps}).permute({3, 0, 2, 1}).contiguous();
+}
+
+struct Normalized {
+  at::Tensor f, inv, clamped;  // f (B, T, C, N); inv, clamped (B, T, 1, N)
+};
+
+inline Normalized normalize(const at::Tensor& xa) {
+  auto norm = xa.norm(2, {2}, true);
+  auto clamped = norm <= kNormEps;
+  auto inv = norm.clamp_min(kNormEps).reciprocal();
+  return {xa * inv, inv, clamped};
+}
+
+// Q_d for output task group tw: F scaled per (t', pixel) by the tap's weight. (B, T*C, N).
+inline at::Tensor weighted(const Normalized& n, const at::Tensor& w_taps, int64_t tap, int64_t tw,
+                           const CtalGeometry& g) {
+  return (n.f * w_taps.select(0, tap).select(0, tw).reshape({1, g.T, 1, g.N})).reshape({g.B, g.T * g.C, g.N});
+}
+
+inline std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x, const at::Tensor& v, const at::Tensor& weight,
+                                                  const at::Tensor& bias, double gamma) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;  // a kernel: the operator's own autograd differentiates it
+  const CtalGeometry g(x, weight);
+  const auto acc = ctal_accumulate_type(x.scalar_type());
+  const int64_t TC = g.T * g.C;
+  auto xa = x.to(acc).contiguous().reshape({g.B, g.T, g.C, g.N});
+  auto va = v.to(acc).contiguous().reshape({g.B, g.T, g.C, g.N});
+  auto nrm = normalize(xa);
+  auto Fp = pad_grid(nrm.f, g), Vp = pad_grid(va, g);
+  auto w = taps_major(weight, g, acc);
+  auto gram = at::empty({g.taps, g.B, TC, TC}, xa.options());
+  // The bias term first: Z_t[:, i] = bias_t[i] * sum_j V_t[:, j].
+  auto Z = va.sum(3, true) * bias.to(acc).reshape({1, g.Tw, 1, g.N});
+  Z = Z.expand({g.B, g.T, g.C, g.N}).contiguous();
+  auto Zf = Z.view({g.B, TC, g.N});
+  auto Vspan = Vp.narrow(2, g.first, g.span);
+  for (int64_t tap = 0; tap < g.taps; ++tap) {
+    auto G = gram.select(0, tap);
+    at::bmm_out(G, Vspan, Fp.narrow(2, g.first + g.offset(tap), g.span).transpose(1, 2));
+    if (!g.per_task) {
+      Zf.baddbmm_(G, weighted(nrm, w, tap, 0, g));
+    } else {
+      for (int64_t t = 0; t < g.T; ++t) {
+        auto Zt = Zf.narrow(1, t * g.C, g.C);
+        Zt.copy_(at::baddbmm(Zt, G.narrow(1, t * g.C, g.C), weighted(nrm, w, tap, t, g)));
+      }
+    }
+  }
+  auto r = Z.mul_(gamma).add_(xa, 1.0 - gamma);
+  return {r.reshape(x.sizes()).to(x.scalar_type()), gram};
+}
+
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& v, const at::Tensor& weight,
+    const at::Tensor& bias, double gamma, const at::Tensor& gram) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const CtalGeometry g(x, weight);
+  const auto acc = ctal_accumulate_type(x.scalar_type());
+  const int64_t TC = g.T * g.C;
+  TORCH_CHECK(grad_out.sizes() == x.sizes(), "ctal_affinity_backward: grad_out must match x ", x.sizes(), ", got ",
+              grad_out.sizes());
+  TORCH_CHECK(gram.dim() == 4 && gram.size(0) == g.taps && gram.size(1) == g.B && gram.size(2) == TC &&
+                  gram.size(3) == TC && gram.scalar_type() == acc,
+              "ctal_affinity_backward: gram must be the forward's (k*k, B, T*C, T*C) = (", g.taps, ", ", g.B, ", ", TC,
+              ", ", TC, ") ", acc, " tensor, got ", gram.sizes(), " ", gram.scalar_type());
+  auto xa = x.to(acc).contiguous().reshape({g.B, g.T, g.C, g.N});
+  auto va = v.to(acc).contiguous().reshape({g.B, g.T, g.C, g.N});
+  auto dr = grad_out.to(acc).contiguous().reshape({g.B, g.T, g.C, g.N});
+  auto dZ = dr * gamma;
+  auto dZf = dZ.view({g.B, TC, g.N});
+  auto nrm = normalize(xa);
+  auto Fp = pad_grid(nrm.f, g), Vp = pad_grid(va, g);
+  auto w = taps_major(weight, g, acc);
+  auto bias_a = bias.to(acc).reshape({1, g.Tw, 1, g.N});
+
+  auto dF = at::zeros_like(xa);                        // query side, (B, T, C, N)
+  auto dV_span = at::zeros({g.B, TC, g.span}, xa.options());
+  auto dF_span = at::zeros({g.B, TC, g.span}, xa.options());
+  auto dw = at::empty({g.taps, g.Tw, g.T, g.N}, xa.options());
+  auto dG = at::empty({g.B, TC, TC}, xa.options());
+  for (int64_t tap = 0; tap < g.taps; ++tap) {
+    const int64_t off = g.offset(tap);
+    auto G = gram.select(0, tap);
+    for (int64_t tw = 0; tw < g.Tw; ++tw) {
+      auto Q = weighted(nrm, w, tap, tw, g);
+      auto rows = g.per_task ? dZf.narrow(1, tw * g.C, g.C) : dZf;
+      auto Grows = g.per_task ? G.narrow(1, tw * g.C, g.C) : G;
+      auto dG_rows = g.per_task ? dG.narrow(1, tw * g.C, g.C) : dG;
+      at::bmm_out(dG_rows, rows, Q.transpose(1, 2));
+      auto dQ = at::bmm(Grows.transpose(1, 2), rows).view({g.B, g.T, g.C, g.N});
+      dw.select(0, tap).select(0, tw).copy_((dQ * nrm.f).sum({0, 2}));
+      dF.add_(dQ * w.select(0, tap).select(0, tw).reshape({1, g.T, 1, g.N}));
+    }
+    dV_span.baddbmm_(dG, Fp.narrow(2, g.first + off, g.span));
+    dF_span.baddbmm_(dG.transpose(1, 2), Vp.narrow(2, g.first - off, g.span));
+  }
+  // Bias: Z_t[:, i] += bias_t[i] s_t with s_t = sum_j V_t[:, j].
+  auto s = va.sum(3, true);
+  auto dbias = (dZ * s).sum({0, 2});                    // (T, N)
+  if (!g.per_task) dbias = dbias.sum(0);
+  auto dv = span_interior(dV_span, g).view({g.B, g.T, g.C, g.N}) + (dZ * bias_a).sum(3, true);
+  dF.add_(span_interior(dF_span, g).view({g.B, g.T, g.C, g.N}));
+  // Normalisation: f = x / max(|x|, eps); the projection term vanishes where the norm is clamped.
+  auto proj = (nrm.f * dF).sum(2, true).masked_fill_(nrm.clamped, 0);
+  auto dx = (dF - nrm.f * proj) * nrm.inv + dr * (1.0 - gamma);
+  auto dweight = dw.permute({1, 3, 2, 0}).contiguous().reshape(weight.sizes());
+  return {dx.reshape(x.sizes()).to(x.scalar_type()), dv.reshape(x.sizes()).to(x.scalar_type()),
+          dweight.to(weight.scalar_type()), dbias.reshape(bias.sizes()).to(bias.scalar_type())};
+}
+
+}  // namespace mtl_ops::ctal

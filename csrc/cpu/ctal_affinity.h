@@ -1,0 +1,16 @@
+// CPU entry points of ctal_affinity (also callable directly from C++).
+#pragma once
+#include <ATen/ATen.h>
+#include <tuple>
+
+namespace mtl_ops::cpu {
+
+std::tuple<at::Tensor, at::Tensor> ctal_affinity_forward(const at::Tensor& x, const at::Tensor& v,
+                                                         const at::Tensor& weight, const at::Tensor& bias,
+                                                         double gamma);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ctal_affinity_backward(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& v, const at::Tensor& weight,
+    const at::Tensor& bias, double gamma, const at::Tensor& gram);
+
+}  // namespace mtl_ops::cpu
