@@ -2,3 +2,7 @@
 from .gated_residual import gated_residual
 
 __all__ = ["gated_residual"]
+from .ms_attention_mix import ms_attention_mix
+from .sfa_apply import sfa_apply
+
+__all__ += ["ms_attention_mix", "sfa_apply"]

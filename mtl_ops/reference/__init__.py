@@ -5,3 +5,7 @@ __all__ = ["gated_residual"]
 from .cka import cka
 
 __all__ += ["cka"]
+from .ms_attention_mix import ms_attention_mix
+from .sfa_apply import sfa_apply
+
+__all__ += ["ms_attention_mix", "sfa_apply"]
