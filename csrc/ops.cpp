@@ -13,9 +13,8 @@ TORCH_LIBRARY(mtl_ops, m) {
   // resized (align_corners=False) to size = (H, W), softmax over scales per pixel, weighted sum.
   // Returns (out (B, K, H, W), lse (B, H, W) in fp32 / fp64: the per-pixel log-sum-exp of the logits).
   m.def("ms_attention_mix_forward(Tensor[] values, Tensor[] logits, int[] size) -> (Tensor, Tensor)");
-  // Returns the S value gradients followed by the S logit gradients (one list).
-  m.def("ms_attention_mix_backward(Tensor grad_out, Tensor[] values, Tensor[] logits, Tensor out, Tensor lse)"
-        " -> Tensor[]");
+  // Recomputes the attention weights from lse; returns the S value gradients then the S logit gradients.
+  m.def("ms_attention_mix_backward(Tensor grad_out, Tensor[] values, Tensor[] logits, Tensor lse) -> Tensor[]");
   // Medusa shared feature attention: features (B, C, h, w), mask_logits (T, B, M, h, w), M = 1 or C;
   // out (T, B, C, h, w) = sigmoid(mask_logits) * features.
   m.def("sfa_apply_forward(Tensor features, Tensor mask_logits) -> Tensor");

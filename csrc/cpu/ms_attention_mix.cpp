@@ -2,9 +2,10 @@
 // rows its taps need from each scale.
 //   forward:  parallel over output rows (b, y): logits of all scales at the row -> softmax over scales (lse
 //             kept) -> for each channel, sum over scales of weight * bilinear(value).
-//   backward: go = <grad_out, out> per pixel (one pass over rows), then parallel over (b, s): each task walks
-//             the output rows in order and adds each row's contribution into the two low-res rows it read
-//             (transposed bilinear). Each low-res element is written by one task in a fixed order, so the
+//   backward: pass 1 over output rows recomputes the weights (from lse) and samples and writes the logit
+//             gradient at output resolution (fp32, 1/K of the output per scale); pass 2, parallel over (b, s),
+//             walks the output rows in order and adds each row's contribution into the two low-res rows it
+//             read (transposed bilinear). Each low-res element is written by one task in a fixed order, so the
 //             result is deterministic for any sizes (integer factors or not) and any thread count.
 #include "ms_attention_mix.h"
 
@@ -147,29 +148,26 @@ std::tuple<at::Tensor, at::Tensor> ms_attention_mix_forward(at::TensorList value
 }
 
 std::vector<at::Tensor> ms_attention_mix_backward(const at::Tensor& grad_out, at::TensorList values_in,
-                                                  at::TensorList logits_in, const at::Tensor& out_in,
-                                                  const at::Tensor& lse_in) {
-  TORCH_CHECK(out_in.dim() == 4, "ms_attention_mix_backward: out must be 4-d (B, K, H, W), got ", out_in.sizes());
-  check_ms_attention_mix_args(values_in, logits_in, {out_in.size(2), out_in.size(3)});
+                                                  at::TensorList logits_in, const at::Tensor& lse_in) {
+  TORCH_CHECK(grad_out.dim() == 4, "ms_attention_mix_backward: grad_out must be 4-d (B, K, H, W), got ",
+              grad_out.sizes());
+  check_ms_attention_mix_args(values_in, logits_in, {grad_out.size(2), grad_out.size(3)});
   check_cpu(values_in[0]);
   const int64_t S = values_in.size(), B = values_in[0].size(0), K = values_in[0].size(1);
+  const int64_t H = grad_out.size(2), W = grad_out.size(3);
   const auto dt = values_in[0].scalar_type();
   const auto acc_dt = accumulate_type_of(dt);
-  TORCH_CHECK(out_in.dim() == 4 && out_in.size(0) == B && out_in.size(1) == K && out_in.scalar_type() == dt,
-              "ms_attention_mix_backward: out must be (B, K, H, W) = (", B, ", ", K, ", H, W) in ", dt, ", got ",
-              out_in.sizes(), " ", out_in.scalar_type());
-  const int64_t H = out_in.size(2), W = out_in.size(3);
-  TORCH_CHECK(grad_out.sizes() == out_in.sizes() && grad_out.scalar_type() == dt && grad_out.device() == out_in.device(),
-              "ms_attention_mix_backward: grad_out must match out in shape, dtype and device, got ",
-              grad_out.sizes(), " ", grad_out.scalar_type());
+  TORCH_CHECK(grad_out.size(0) == B && grad_out.size(1) == K && grad_out.scalar_type() == dt &&
+                  grad_out.device() == values_in[0].device(),
+              "ms_attention_mix_backward: grad_out must match the output (B, K, H, W) = (", B, ", ", K,
+              ", H, W) in ", dt, ", got ", grad_out.sizes(), " ", grad_out.scalar_type());
   TORCH_CHECK(lse_in.dim() == 3 && lse_in.size(0) == B && lse_in.size(1) == H && lse_in.size(2) == W &&
-                  lse_in.scalar_type() == acc_dt,
+                  lse_in.scalar_type() == acc_dt && lse_in.device() == values_in[0].device(),
               "ms_attention_mix_backward: lse must be (B, H, W) = (", B, ", ", H, ", ", W, ") in ", acc_dt, ", got ",
               lse_in.sizes(), " ", lse_in.scalar_type());
   const auto values = contiguous_all(values_in);
   const auto logits = contiguous_all(logits_in);
   const auto g = grad_out.contiguous();
-  const auto out = out_in.contiguous();
   const auto lse = lse_in.contiguous();
   std::vector<at::Tensor> d_values_acc, d_logits_acc;
   for (int64_t s = 0; s < S; ++s) {
@@ -180,23 +178,7 @@ std::vector<at::Tensor> ms_attention_mix_backward(const at::Tensor& grad_out, at
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "ms_attention_mix_backward_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const scalar_t* gp = g.const_data_ptr<scalar_t>();
-      const scalar_t* opp = out.const_data_ptr<scalar_t>();
       const acc_t* lp = lse.const_data_ptr<acc_t>();
-      // go[b, y, x] = sum_k grad_out * out
-      auto go = at::empty({B, H, W}, lse.options());
-      acc_t* gop = go.mutable_data_ptr<acc_t>();
-      at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r) {
-          const int64_t b = r / H, y = r % H;
-          acc_t* dst = gop + r * W;
-          std::fill(dst, dst + W, acc_t(0));
-          for (int64_t k = 0; k < K; ++k) {
-            const int64_t off = ((b * K + k) * H + y) * W;
-            for (int64_t x = 0; x < W; ++x)
-              dst[x] += static_cast<acc_t>(gp[off + x]) * static_cast<acc_t>(opp[off + x]);
-          }
-        }
-      });
       std::vector<ColumnTaps<acc_t>> cols;
       std::vector<acc_t> sy(S);
       int64_t max_w = 1;
@@ -205,34 +187,61 @@ std::vector<at::Tensor> ms_attention_mix_backward(const at::Tensor& grad_out, at
         sy[s] = bilinear_scale<acc_t>(values[s].size(2), H);
         max_w = std::max(max_w, values[s].size(3));
       }
+      // Pass 1, parallel over output rows: da[b, s, y, x] = w_s (<g, up(v_s)> - sum_s' w_s' <g, up(v_s')>),
+      // the logit gradient at output resolution (an fp32 map, 1/K of the output per scale).
+      auto da = at::empty({B, S, H, W}, lse.options());
+      acc_t* dap = da.mutable_data_ptr<acc_t>();
+      at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+        std::vector<acc_t> weights(S * W), gv(S * W), yrow(max_w), row(W), go(W);
+        for (int64_t r = begin; r < end; ++r) {
+          const int64_t b = r / H, y = r % H;
+          const acc_t* l_row = lp + r * W;
+          std::fill(gv.begin(), gv.end(), acc_t(0));
+          for (int64_t s = 0; s < S; ++s) {
+            const int64_t h = values[s].size(2), w = values[s].size(3);
+            const auto ty = bilinear_tap<acc_t>(y, h, sy[s]);
+            acc_t* ws = weights.data() + s * W;
+            sample_row<scalar_t, acc_t>(logits[s].const_data_ptr<scalar_t>() + b * h * w, w, ty, cols[s],
+                                        yrow.data(), W, ws);
+            for (int64_t x = 0; x < W; ++x) ws[x] = std::exp(ws[x] - l_row[x]);
+            for (int64_t k = 0; k < K; ++k) {
+              sample_row<scalar_t, acc_t>(values[s].const_data_ptr<scalar_t>() + (b * K + k) * h * w, w, ty,
+                                          cols[s], yrow.data(), W, row.data());
+              const scalar_t* g_row = gp + ((b * K + k) * H + y) * W;
+              acc_t* gvs = gv.data() + s * W;
+              for (int64_t x = 0; x < W; ++x) gvs[x] += static_cast<acc_t>(g_row[x]) * row[x];
+            }
+          }
+          std::fill(go.begin(), go.end(), acc_t(0));
+          for (int64_t s = 0; s < S; ++s)
+            for (int64_t x = 0; x < W; ++x) go[x] += weights[s * W + x] * gv[s * W + x];
+          for (int64_t s = 0; s < S; ++s) {
+            acc_t* dst = dap + ((b * S + s) * H + y) * W;
+            for (int64_t x = 0; x < W; ++x) dst[x] = weights[s * W + x] * (gv[s * W + x] - go[x]);
+          }
+        }
+      });
+      // Pass 2, parallel over (b, s): walk the output rows in order and add each row's contribution into the
+      // two low-res rows it read (transposed bilinear).
       at::parallel_for(0, B * S, 1, [&](int64_t begin, int64_t end) {
-        std::vector<acc_t> weights(W), gv(W), row(W), c(W), yrow(max_w), tmp(max_w);
+        std::vector<acc_t> weights(W), c(W), yrow(max_w), tmp(max_w);
         for (int64_t item = begin; item < end; ++item) {
           const int64_t b = item / S, s = item % S;
           const int64_t h = values[s].size(2), w = values[s].size(3);
           const scalar_t* lplane = logits[s].const_data_ptr<scalar_t>() + b * h * w;
           acc_t* dl = d_logits_acc[s].mutable_data_ptr<acc_t>() + b * h * w;
           acc_t* dv = d_values_acc[s].mutable_data_ptr<acc_t>();
-          const scalar_t* vp = values[s].const_data_ptr<scalar_t>();
           for (int64_t y = 0; y < H; ++y) {
             const auto ty = bilinear_tap<acc_t>(y, h, sy[s]);
             sample_row<scalar_t, acc_t>(lplane, w, ty, cols[s], yrow.data(), W, weights.data());
             const acc_t* l_row = lp + (b * H + y) * W;
             for (int64_t x = 0; x < W; ++x) weights[x] = std::exp(weights[x] - l_row[x]);
-            std::fill(gv.begin(), gv.end(), acc_t(0));
             for (int64_t k = 0; k < K; ++k) {
-              sample_row<scalar_t, acc_t>(vp + (b * K + k) * h * w, w, ty, cols[s], yrow.data(), W, row.data());
               const scalar_t* g_row = gp + ((b * K + k) * H + y) * W;
-              for (int64_t x = 0; x < W; ++x) {
-                const acc_t gk = static_cast<acc_t>(g_row[x]);
-                gv[x] += gk * row[x];
-                c[x] = weights[x] * gk;
-              }
+              for (int64_t x = 0; x < W; ++x) c[x] = weights[x] * static_cast<acc_t>(g_row[x]);
               scatter_row<acc_t>(c.data(), ty, cols[s], W, tmp.data(), w, dv + (b * K + k) * h * w);
             }
-            const acc_t* go_row = gop + (b * H + y) * W;
-            for (int64_t x = 0; x < W; ++x) c[x] = weights[x] * (gv[x] - go_row[x]);
-            scatter_row<acc_t>(c.data(), ty, cols[s], W, tmp.data(), w, dl);
+            scatter_row<acc_t>(dap + ((b * S + s) * H + y) * W, ty, cols[s], W, tmp.data(), w, dl);
           }
         }
       });

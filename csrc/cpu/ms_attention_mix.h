@@ -10,6 +10,6 @@ std::tuple<at::Tensor, at::Tensor> ms_attention_mix_forward(at::TensorList value
                                                             at::IntArrayRef size);
 
 std::vector<at::Tensor> ms_attention_mix_backward(const at::Tensor& grad_out, at::TensorList values,
-                                                  at::TensorList logits, const at::Tensor& out, const at::Tensor& lse);
+                                                  at::TensorList logits, const at::Tensor& lse);
 
 }  // namespace mtl_ops::cpu

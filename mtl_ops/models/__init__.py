@@ -2,3 +2,6 @@
 from .backbones import BasicBlock, ResNetBackbone, TimmBackbone, build_backbone
 
 __all__ = ["BasicBlock", "ResNetBackbone", "TimmBackbone", "build_backbone"]
+from .medusa import Medusa
+
+__all__ += ["Medusa"]

@@ -18,3 +18,8 @@ from .decoder_tree import DecoderTree
 from .pdf_grouping import MAX_GROUPING_TASKS, group_tasks, partition_value, set_partitions
 
 __all__ += ["DecoderTree", "group_tasks", "set_partitions", "partition_value", "MAX_GROUPING_TASKS"]
+
+# Medusa
+from .medusa import MedusaHead, MultiScaleAttentionHead, ResidualRefine, SharedFeatureAttention
+
+__all__ += ["MedusaHead", "MultiScaleAttentionHead", "ResidualRefine", "SharedFeatureAttention"]

@@ -6,8 +6,10 @@ Operators: ``mtl_ops::ms_attention_mix_forward`` / ``_backward`` (C++; CPU and C
 csrc/ops.cpp) and ``mtl_ops::ms_attention_mix_forward_triton`` / ``_backward_triton`` (Triton, defined here).
 The forward returns (out, lse): lse (B, H, W) is the per-pixel log-sum-exp of the resized logits, kept so
 that the backward recomputes the attention weights of one scale from that scale's logits alone. The
-backward takes (grad_out, values, logits, out, lse) and returns the S value gradients then the S logit
-gradients. The fused backends never write a resized map; their backward gathers (deterministic).
+backward takes (grad_out, values, logits, lse) and returns the S value gradients then the S logit
+gradients. It recomputes the attention weights and bilinear samples: nothing at output resolution is
+saved but lse, no resized value or logit map is ever written, and the only output-resolution buffer of
+the backward is the fp32 logit gradient (B, S, H, W), 1/K of the output per scale. Deterministic.
 """
 from __future__ import annotations
 
@@ -74,7 +76,7 @@ def _forward_fake(values, logits, size):
     return out, v0.new_empty(v0.shape[0], size[0], size[1], dtype=_acc_dtype(v0.dtype))
 
 
-def _backward_fake(grad_out, values, logits, out, lse):
+def _backward_fake(grad_out, values, logits, lse):
     return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (*values, *logits)]
 
 
@@ -88,29 +90,27 @@ def _triton_forward(values: list[torch.Tensor], logits: list[torch.Tensor],
 
 @torch.library.custom_op("mtl_ops::ms_attention_mix_backward_triton", mutates_args=())
 def _triton_backward(grad_out: torch.Tensor, values: list[torch.Tensor], logits: list[torch.Tensor],
-                     out: torch.Tensor, lse: torch.Tensor) -> list[torch.Tensor]:
+                     lse: torch.Tensor) -> list[torch.Tensor]:
     from ..triton import load
 
-    return load("ms_attention_mix").backward(grad_out, values, logits, out, lse)
+    return load("ms_attention_mix").backward(grad_out, values, logits, lse)
 
 
 def _register_autograd(forward_op, backward_op) -> None:
     """Autograd on the forward operator (for opcheck, torch.compile and direct operator calls): saves the
-    inputs and the output and calls the fused backward operator; lse is not differentiable."""
+    inputs and lse and calls the fused backward operator; lse itself is not differentiable."""
 
     def setup_context(ctx, inputs, output):
         values, logits, _ = inputs
         ctx.num_scales = len(values)
-        ctx.save_for_backward(*values, *logits, *output)
+        ctx.save_for_backward(*values, *logits, output[1])
         ctx.mark_non_differentiable(output[1])
 
     def backward(ctx, grad_out, _grad_lse):
         S = ctx.num_scales
         saved = ctx.saved_tensors
-        values, logits, out, lse = saved[:S], saved[S:2 * S], saved[2 * S], saved[2 * S + 1]
-        if grad_out is None:
-            grad_out = torch.zeros_like(out)
-        grads = backward_op(grad_out, list(values), list(logits), out, lse)
+        values, logits, lse = saved[:S], saved[S:2 * S], saved[2 * S]
+        grads = backward_op(grad_out, list(values), list(logits), lse)
         return list(grads[:S]), list(grads[S:]), None
 
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
@@ -129,8 +129,8 @@ for _fwd, _bwd in {v for v in _KERNELS.values()}:
 
 class MsAttentionMixFunction(torch.autograd.Function):
     """Differentiable multi-scale attention mix on a fused backend. Inputs are flat: (backend, size, S,
-    *values, *logits). Saves the low-res inputs, the output and the per-pixel lse; the backward recomputes
-    each scale's attention weights and bilinear samples instead of storing them."""
+    *values, *logits). Saves the low-res inputs and the per-pixel lse; the backward recomputes the attention
+    weights and bilinear samples instead of storing them."""
 
     @staticmethod
     def forward(backend: str, size, num_scales: int, *tensors):
@@ -141,15 +141,14 @@ class MsAttentionMixFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         backend, _, num_scales, *tensors = inputs
         ctx.backend, ctx.num_scales = backend, num_scales
-        ctx.save_for_backward(*tensors, *output)
+        ctx.save_for_backward(*tensors, output[1])
         ctx.mark_non_differentiable(output[1])
 
     @staticmethod
     def backward(ctx, grad_out, _grad_lse):
         S = ctx.num_scales
         saved = ctx.saved_tensors
-        grads = _KERNELS[ctx.backend][1](grad_out, list(saved[:S]), list(saved[S:2 * S]), saved[2 * S],
-                                         saved[2 * S + 1])
+        grads = _KERNELS[ctx.backend][1](grad_out, list(saved[:S]), list(saved[S:2 * S]), saved[2 * S])
         return (None, None, None, *grads)
 
 

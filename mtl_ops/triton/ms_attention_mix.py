@@ -2,9 +2,9 @@
 
 forward   grid (pixel blocks of H*W, B): logits of every scale at the block's pixels -> lse; then for each
           block of KB channels, sum over scales of exp(a_s - lse) * bilinear(value_s). No resized map is stored.
-backward  1. grid (pixel blocks, B): go = <grad_out, out> and, per scale, the logit gradient at output
-             resolution da_s = w_s (<grad_out, up(v_s)> - go) into a (B, S, H*W) fp32 workspace (1/K of the
-             output per scale; the only output-resolution buffer of the backward).
+backward  1. grid (pixel blocks, B): gv_s = <grad_out, up(v_s)> per scale, go = sum_s w_s gv_s, and the
+             logit gradient at output resolution da_s = w_s (gv_s - go) into a (B, S, H*W) fp32 workspace
+             (1/K of the output per scale; the only output-resolution buffer of the backward).
           2. per scale, grid (low-res pixel blocks, B, channel blocks): each low-res value gradient gathers the
              output pixels that read it (a window of about 2/scale + 5 rows and columns), recomputing w_s.
           3. per scale, grid (low-res pixel blocks, B): the logit gradients gather da_s the same way.
@@ -86,7 +86,7 @@ def _forward_kernel(v_ptrs, l_ptrs, hs, ws, out_ptr, lse_ptr, K, H, W,
 
 
 @triton.jit
-def _row_terms_kernel(g_ptr, out_ptr, lse_ptr, v_ptrs, l_ptrs, hs, ws, da_ptr, K, H, W,
+def _row_terms_kernel(g_ptr, lse_ptr, v_ptrs, l_ptrs, hs, ws, da_ptr, K, H, W,
                       S: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr, KB: tl.constexpr):
     b = tl.program_id(1).to(tl.int64)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -94,13 +94,6 @@ def _row_terms_kernel(g_ptr, out_ptr, lse_ptr, v_ptrs, l_ptrs, hs, ws, da_ptr, K
     y = offs // W
     x = offs % W
     go = tl.zeros([BLOCK], ACC)
-    for k0 in range(0, K, KB):
-        ks = k0 + tl.arange(0, KB)
-        mask2 = (ks < K)[:, None] & pm[None, :]
-        idx = (b * K + ks[:, None]) * H * W + offs[None, :]
-        g = tl.load(g_ptr + idx, mask=mask2, other=0.0).to(ACC)
-        o = tl.load(out_ptr + idx, mask=mask2, other=0.0).to(ACC)
-        go += tl.sum(g * o, axis=0)
     lse = tl.load(lse_ptr + b * H * W + offs, mask=pm, other=0.0)
     for s in tl.static_range(S):
         h = hs[s]
@@ -117,7 +110,12 @@ def _row_terms_kernel(g_ptr, out_ptr, lse_ptr, v_ptrs, l_ptrs, hs, ws, da_ptr, K
             v = _bilerp(plane, w, y0[None, :], y1[None, :], ly[None, :], x0[None, :], x1[None, :], lx[None, :],
                         mask2, ACC)
             gv += tl.sum(g * v, axis=0)
-        tl.store(da_ptr + (b * S + s) * H * W + offs, wgt * (gv - go), mask=pm)
+        go += wgt * gv
+        tl.store(da_ptr + (b * S + s) * H * W + offs, gv, mask=pm)  # gv_s for now
+    for s in tl.static_range(S):
+        wgt = tl.exp(_logit_at(l_ptrs[s], b, hs[s], ws[s], y, x, H, W, pm, ACC) - lse)
+        da = da_ptr + (b * S + s) * H * W + offs
+        tl.store(da, wgt * (tl.load(da, mask=pm, other=0.0) - go), mask=pm)
 
 
 @triton.jit
@@ -212,20 +210,20 @@ def forward(values, logits, size):
     return out, lse
 
 
-def backward(grad_out, values, logits, out, lse):
+def backward(grad_out, values, logits, lse):
     values = [v.contiguous() for v in values]
     logits = [a.contiguous() for a in logits]
-    g, out, lse = grad_out.contiguous(), out.contiguous(), lse.contiguous()
+    g, lse = grad_out.contiguous(), lse.contiguous()
     S = len(values)
-    B, K, H, W = out.shape
+    B, K, H, W = g.shape
     acc_torch, acc_tl = _acc(values[0].dtype)
     d_values = [torch.zeros(v.shape, dtype=acc_torch, device=v.device) for v in values]
     d_logits = [torch.zeros(a.shape, dtype=acc_torch, device=a.device) for a in logits]
     if B > 0:
         kb = _kb(K)
-        da = torch.empty(B, S, H, W, dtype=acc_torch, device=out.device)
+        da = torch.empty(B, S, H, W, dtype=acc_torch, device=g.device)
         hs, ws = tuple(v.shape[2] for v in values), tuple(v.shape[3] for v in values)
-        _row_terms_kernel[(triton.cdiv(H * W, BLOCK), B)](g, out, lse, tuple(values), tuple(logits), hs, ws, da,
+        _row_terms_kernel[(triton.cdiv(H * W, BLOCK), B)](g, lse, tuple(values), tuple(logits), hs, ws, da,
                                                           K, H, W, S=S, ACC=acc_tl, BLOCK=BLOCK, KB=kb)
         for s in range(S):
             h, w = hs[s], ws[s]
