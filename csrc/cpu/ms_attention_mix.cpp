@@ -3,7 +3,7 @@
 //   forward:  parallel over output rows (b, y): logits of all scales at the row -> softmax over scales (lse
 //             kept) -> for each channel, sum over scales of weight * bilinear(value).
 //   backward: pass 1 over output rows recomputes the weights (from lse) and samples and writes the logit
-//             gradient at output resolution (fp32, 1/K of the output per scale); pass 2, parallel over (b, s),
+//             gradient at output resolution (fp32, 1/K of the output per scale, for 2 x threads images at a time); pass 2, parallel over (b, s),
 //             walks the output rows in order and adds each row's contribution into the two low-res rows it
 //             read (transposed bilinear). Each low-res element is written by one task in a fixed order, so the
 //             result is deterministic for any sizes (integer factors or not) and any thread count.
@@ -189,62 +189,68 @@ std::vector<at::Tensor> ms_attention_mix_backward(const at::Tensor& grad_out, at
       }
       // Pass 1, parallel over output rows: da[b, s, y, x] = w_s (<g, up(v_s)> - sum_s' w_s' <g, up(v_s')>),
       // the logit gradient at output resolution (an fp32 map, 1/K of the output per scale).
-      auto da = at::empty({B, S, H, W}, lse.options());
+      // Images go through both passes in chunks of 2 x threads, so the workspace stays small; every element
+      // is still computed by one task in a fixed order (the chunking does not change any result).
+      const int64_t chunk = std::min<int64_t>(B, 2 * std::max(1, at::get_num_threads()));
+      auto da = at::empty({chunk, S, H, W}, lse.options());
       acc_t* dap = da.mutable_data_ptr<acc_t>();
-      at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-        std::vector<acc_t> weights(S * W), gv(S * W), yrow(max_w), row(W), go(W);
-        for (int64_t r = begin; r < end; ++r) {
-          const int64_t b = r / H, y = r % H;
-          const acc_t* l_row = lp + r * W;
-          std::fill(gv.begin(), gv.end(), acc_t(0));
-          for (int64_t s = 0; s < S; ++s) {
-            const int64_t h = values[s].size(2), w = values[s].size(3);
-            const auto ty = bilinear_tap<acc_t>(y, h, sy[s]);
-            acc_t* ws = weights.data() + s * W;
-            sample_row<scalar_t, acc_t>(logits[s].const_data_ptr<scalar_t>() + b * h * w, w, ty, cols[s],
-                                        yrow.data(), W, ws);
-            for (int64_t x = 0; x < W; ++x) ws[x] = std::exp(ws[x] - l_row[x]);
-            for (int64_t k = 0; k < K; ++k) {
-              sample_row<scalar_t, acc_t>(values[s].const_data_ptr<scalar_t>() + (b * K + k) * h * w, w, ty,
-                                          cols[s], yrow.data(), W, row.data());
-              const scalar_t* g_row = gp + ((b * K + k) * H + y) * W;
-              acc_t* gvs = gv.data() + s * W;
-              for (int64_t x = 0; x < W; ++x) gvs[x] += static_cast<acc_t>(g_row[x]) * row[x];
-            }
-          }
-          std::fill(go.begin(), go.end(), acc_t(0));
-          for (int64_t s = 0; s < S; ++s)
-            for (int64_t x = 0; x < W; ++x) go[x] += weights[s * W + x] * gv[s * W + x];
-          for (int64_t s = 0; s < S; ++s) {
-            acc_t* dst = dap + ((b * S + s) * H + y) * W;
-            for (int64_t x = 0; x < W; ++x) dst[x] = weights[s * W + x] * (gv[s * W + x] - go[x]);
-          }
-        }
-      });
-      // Pass 2, parallel over (b, s): walk the output rows in order and add each row's contribution into the
-      // two low-res rows it read (transposed bilinear).
-      at::parallel_for(0, B * S, 1, [&](int64_t begin, int64_t end) {
-        std::vector<acc_t> weights(W), c(W), yrow(max_w), tmp(max_w);
-        for (int64_t item = begin; item < end; ++item) {
-          const int64_t b = item / S, s = item % S;
-          const int64_t h = values[s].size(2), w = values[s].size(3);
-          const scalar_t* lplane = logits[s].const_data_ptr<scalar_t>() + b * h * w;
-          acc_t* dl = d_logits_acc[s].mutable_data_ptr<acc_t>() + b * h * w;
-          acc_t* dv = d_values_acc[s].mutable_data_ptr<acc_t>();
-          for (int64_t y = 0; y < H; ++y) {
-            const auto ty = bilinear_tap<acc_t>(y, h, sy[s]);
-            sample_row<scalar_t, acc_t>(lplane, w, ty, cols[s], yrow.data(), W, weights.data());
+      for (int64_t b0 = 0; b0 < B; b0 += chunk) {
+        const int64_t nb = std::min(chunk, B - b0);
+        at::parallel_for(0, nb * H, 1, [&](int64_t begin, int64_t end) {
+          std::vector<acc_t> weights(S * W), gv(S * W), yrow(max_w), row(W), go(W);
+          for (int64_t r = begin; r < end; ++r) {
+            const int64_t b = b0 + r / H, y = r % H;
             const acc_t* l_row = lp + (b * H + y) * W;
-            for (int64_t x = 0; x < W; ++x) weights[x] = std::exp(weights[x] - l_row[x]);
-            for (int64_t k = 0; k < K; ++k) {
-              const scalar_t* g_row = gp + ((b * K + k) * H + y) * W;
-              for (int64_t x = 0; x < W; ++x) c[x] = weights[x] * static_cast<acc_t>(g_row[x]);
-              scatter_row<acc_t>(c.data(), ty, cols[s], W, tmp.data(), w, dv + (b * K + k) * h * w);
+            std::fill(gv.begin(), gv.end(), acc_t(0));
+            for (int64_t s = 0; s < S; ++s) {
+              const int64_t h = values[s].size(2), w = values[s].size(3);
+              const auto ty = bilinear_tap<acc_t>(y, h, sy[s]);
+              acc_t* ws = weights.data() + s * W;
+              sample_row<scalar_t, acc_t>(logits[s].const_data_ptr<scalar_t>() + b * h * w, w, ty, cols[s],
+                                          yrow.data(), W, ws);
+              for (int64_t x = 0; x < W; ++x) ws[x] = std::exp(ws[x] - l_row[x]);
+              for (int64_t k = 0; k < K; ++k) {
+                sample_row<scalar_t, acc_t>(values[s].const_data_ptr<scalar_t>() + (b * K + k) * h * w, w, ty,
+                                            cols[s], yrow.data(), W, row.data());
+                const scalar_t* g_row = gp + ((b * K + k) * H + y) * W;
+                acc_t* gvs = gv.data() + s * W;
+                for (int64_t x = 0; x < W; ++x) gvs[x] += static_cast<acc_t>(g_row[x]) * row[x];
+              }
             }
-            scatter_row<acc_t>(dap + ((b * S + s) * H + y) * W, ty, cols[s], W, tmp.data(), w, dl);
+            std::fill(go.begin(), go.end(), acc_t(0));
+            for (int64_t s = 0; s < S; ++s)
+              for (int64_t x = 0; x < W; ++x) go[x] += weights[s * W + x] * gv[s * W + x];
+            for (int64_t s = 0; s < S; ++s) {
+              acc_t* dst = dap + (((b - b0) * S + s) * H + y) * W;
+              for (int64_t x = 0; x < W; ++x) dst[x] = weights[s * W + x] * (gv[s * W + x] - go[x]);
+            }
           }
-        }
-      });
+        });
+        // Pass 2, parallel over (b, s): walk the output rows in order and add each row's contribution into the
+        // two low-res rows it read (transposed bilinear).
+        at::parallel_for(0, nb * S, 1, [&](int64_t begin, int64_t end) {
+          std::vector<acc_t> weights(W), c(W), yrow(max_w), tmp(max_w);
+          for (int64_t item = begin; item < end; ++item) {
+            const int64_t b = b0 + item / S, s = item % S;
+            const int64_t h = values[s].size(2), w = values[s].size(3);
+            const scalar_t* lplane = logits[s].const_data_ptr<scalar_t>() + b * h * w;
+            acc_t* dl = d_logits_acc[s].mutable_data_ptr<acc_t>() + b * h * w;
+            acc_t* dv = d_values_acc[s].mutable_data_ptr<acc_t>();
+            for (int64_t y = 0; y < H; ++y) {
+              const auto ty = bilinear_tap<acc_t>(y, h, sy[s]);
+              sample_row<scalar_t, acc_t>(lplane, w, ty, cols[s], yrow.data(), W, weights.data());
+              const acc_t* l_row = lp + (b * H + y) * W;
+              for (int64_t x = 0; x < W; ++x) weights[x] = std::exp(weights[x] - l_row[x]);
+              for (int64_t k = 0; k < K; ++k) {
+                const scalar_t* g_row = gp + ((b * K + k) * H + y) * W;
+                for (int64_t x = 0; x < W; ++x) c[x] = weights[x] * static_cast<acc_t>(g_row[x]);
+                scatter_row<acc_t>(c.data(), ty, cols[s], W, tmp.data(), w, dv + (b * K + k) * h * w);
+              }
+              scatter_row<acc_t>(dap + (((b - b0) * S + s) * H + y) * W, ty, cols[s], W, tmp.data(), w, dl);
+            }
+          }
+        });
+      }
     });
   }
   std::vector<at::Tensor> grads;
