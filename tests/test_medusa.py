@@ -97,7 +97,7 @@ def test_network_outputs_and_batched_sfa_equal_head_by_head(options):
     preds, aux = model(x, return_aux=True)
     assert set(preds) == {"semseg", "depth"}
     assert preds["semseg"].shape == (2, 5, 32, 48) and preds["depth"].shape == (2, 1, 32, 48)
-    assert len(aux["semseg"]) == 4 and aux["semseg"][0].shape == (2, 5, 12, 16)
+    assert len(aux["semseg"]) == 4 and aux["semseg"][0].shape == (2, 5, 8, 12)
     features = model.backbone(x)
     for name, head in model.heads.items():
         alone = F.interpolate(head(features), size=(32, 48), mode="bilinear", align_corners=False)

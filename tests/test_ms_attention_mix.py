@@ -83,6 +83,16 @@ def test_layouts_cpu(backend, layout):
                             layout=LAYOUTS[layout])
 
 
+@pytest.mark.parametrize("backend", ["reference"] + backend_params(OP, "cpu"))
+@pytest.mark.parametrize("B, K", [(0, 3), (2, 0)])
+def test_empty_batch_or_channels(backend, B, K):
+    values, logits, size = make_inputs((B, K, (5, 6), [(5, 6), (2, 3)]), torch.float32)
+    out, grads = run_with_grads(lambda v, a: ms_attention_mix(v, a, size, backend=backend), values, logits,
+                                torch.zeros(B, K, *size))
+    assert out.shape == (B, K, 5, 6)
+    assert all(g.shape == t.shape and not g.any() for g, t in zip(grads, values + logits))
+
+
 def test_integer_factor_matches_interpolate_exactly_on_cpp():
     # With a single scale the weights are all 1: the op is F.interpolate, which the taps reproduce.
     values, logits, size = make_inputs((2, 4, (16, 24), [(4, 6)]), torch.float64)

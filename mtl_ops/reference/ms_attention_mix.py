@@ -7,6 +7,12 @@ import torch
 import torch.nn.functional as F
 
 
+def _resize(v: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if v.shape[1] == 0:  # F.interpolate rejects empty channels: an empty map stays empty (and in the graph)
+        return v.new_zeros(v.shape[0], 0, *size) + v.sum()
+    return F.interpolate(v, size=size, mode="bilinear", align_corners=False)
+
+
 def ms_attention_mix(values: Sequence[torch.Tensor], logits: Sequence[torch.Tensor],
                      size: Sequence[int]) -> torch.Tensor:
     """``sum_s softmax_s(up(logits_s)) * up(values_s)`` with ``up`` = bilinear resize to ``size``
@@ -14,7 +20,7 @@ def ms_attention_mix(values: Sequence[torch.Tensor], logits: Sequence[torch.Tens
     Materialises every resized map; the softmax runs in fp32 (fp64 for fp64) and the result is cast back."""
     size = (int(size[0]), int(size[1]))
     acc = torch.float64 if values[0].dtype == torch.float64 else torch.float32
-    up_values = [F.interpolate(v.to(acc), size=size, mode="bilinear", align_corners=False) for v in values]
+    up_values = [_resize(v.to(acc), size) for v in values]
     up_logits = torch.cat([F.interpolate(a.to(acc), size=size, mode="bilinear", align_corners=False)
                            for a in logits], dim=1)                     # (B, S, H, W)
     weights = torch.softmax(up_logits, dim=1)

@@ -20,8 +20,9 @@ KB_MAX = 32
 
 @triton.jit
 def _taps(dst, n_in, n_out, ACC: tl.constexpr):
-    """PyTorch's align_corners=False bilinear taps (csrc/common/bilinear.h)."""
-    scale = n_in.to(ACC) / n_out.to(ACC)
+    """PyTorch's align_corners=False bilinear taps (csrc/common/bilinear.h). Sizes go through tl.cast: an
+    integer argument equal to 1 arrives as a constexpr when compiled."""
+    scale = tl.cast(n_in, ACC) / tl.cast(n_out, ACC)
     src = (dst.to(ACC) + 0.5) * scale - 0.5
     src = tl.maximum(src, 0.0)
     i0 = tl.minimum(src.to(tl.int32), n_in - 1)
@@ -121,7 +122,7 @@ def _row_terms_kernel(g_ptr, lse_ptr, v_ptrs, l_ptrs, hs, ws, da_ptr, K, H, W,
 @triton.jit
 def _window_start(i, n_in, n_out, ACC: tl.constexpr):
     """First output position that can read input index i (csrc/common/bilinear.h gather_range)."""
-    lo_f = (i.to(ACC) - 0.5) * (n_out.to(ACC) / n_in.to(ACC)) - 0.5
+    lo_f = (i.to(ACC) - 0.5) * (tl.cast(n_out, ACC) / tl.cast(n_in, ACC)) - 0.5
     return tl.where(lo_f < 0, 0, tl.maximum(lo_f.to(tl.int32) - 1, 0))
 
 
