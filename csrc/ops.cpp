@@ -16,4 +16,15 @@ TORCH_LIBRARY(mtl_ops, m) {
   m.def(
       "ctal_affinity_backward(Tensor grad_out, Tensor x, Tensor v, Tensor weight, Tensor bias, float gamma,"
       " Tensor gram) -> (Tensor, Tensor, Tensor, Tensor)");
+  // Medusa multi-scale attention: S value maps (B, K, h_s, w_s) and logit maps (B, 1, h_s, w_s), bilinearly
+  // resized (align_corners=False) to size = (H, W), softmax over scales per pixel, weighted sum.
+  // Returns (out (B, K, H, W), lse (B, H, W) in fp32 / fp64: the per-pixel log-sum-exp of the logits).
+  m.def("ms_attention_mix_forward(Tensor[] values, Tensor[] logits, int[] size) -> (Tensor, Tensor)");
+  // Recomputes the attention weights from lse; returns the S value gradients then the S logit gradients.
+  m.def("ms_attention_mix_backward(Tensor grad_out, Tensor[] values, Tensor[] logits, Tensor lse) -> Tensor[]");
+  // Medusa shared feature attention: features (B, C, h, w), mask_logits (T, B, M, h, w), M = 1 or C;
+  // out (T, B, C, h, w) = sigmoid(mask_logits) * features.
+  m.def("sfa_apply_forward(Tensor features, Tensor mask_logits) -> Tensor");
+  // Returns (d_features summed over the T tasks, d_mask_logits).
+  m.def("sfa_apply_backward(Tensor grad_out, Tensor features, Tensor mask_logits) -> (Tensor, Tensor)");
 }

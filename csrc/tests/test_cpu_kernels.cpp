@@ -5,7 +5,9 @@
 #include <cmath>
 #include <cstdio>
 
+#include "common/bilinear.h"
 #include "cpu/gated_residual.h"
+#include "cpu/ms_attention_mix.h"
 
 namespace {
 
@@ -50,6 +52,39 @@ void check_gated_residual(int64_t T, int64_t inner) {
   }
 }
 
+// The gather ranges of the deterministic bilinear backward (used by the CUDA kernels) must contain every
+// output position whose taps read input index i, and the window bound must cover every range.
+void check_gather_ranges(int64_t in, int64_t out) {
+  const float scale = mtl_ops::bilinear_scale<float>(in, out);
+  const int64_t window = mtl_ops::gather_window<float>(out, scale);
+  for (int64_t i = 0; i < in; ++i) {
+    const auto r = mtl_ops::gather_range<float>(i, out, scale);
+    if (r.hi - r.lo > window) {
+      std::printf("FAIL gather window %lld < %lld (in %lld, out %lld)\n", (long long)window,
+                  (long long)(r.hi - r.lo), (long long)in, (long long)out);
+      ++failures;
+    }
+    for (int64_t dst = 0; dst < out; ++dst) {
+      const auto tap = mtl_ops::bilinear_tap<float>(dst, in, scale);
+      if (mtl_ops::tap_weight(tap, i) != 0.0f && (dst < r.lo || dst >= r.hi)) {
+        std::printf("FAIL gather range of %lld misses %lld (in %lld, out %lld)\n", (long long)i, (long long)dst,
+                    (long long)in, (long long)out);
+        ++failures;
+      }
+    }
+  }
+}
+
+// One scale: the attention weight is 1 and ms_attention_mix is PyTorch's bilinear resize.
+void check_ms_attention_mix_single_scale(int64_t h, int64_t w, int64_t H, int64_t W) {
+  const auto v = at::randn({2, 3, h, w}, at::kDouble);
+  const auto a = at::randn({2, 1, h, w}, at::kDouble);
+  const auto out = std::get<0>(mtl_ops::cpu::ms_attention_mix_forward({v}, {a}, {H, W}));
+  const auto want = at::upsample_bilinear2d(v, {H, W}, false);
+  const auto diff = (out - want).abs().max().item<double>();
+  expect_near(diff, 0.0, 1e-12, "ms_attention_mix single scale vs upsample_bilinear2d", h * 1000 + H);
+}
+
 }  // namespace
 
 int main() {
@@ -57,6 +92,11 @@ int main() {
   check_gated_residual(3, 1);
   check_gated_residual(2, 1000);
   check_gated_residual(2, 70001);  // several 32768-element work items per task, ragged tail
+  for (int64_t in : {1, 2, 3, 5, 9, 12, 18, 24, 36, 72})
+    for (int64_t out : {1, 4, 7, 9, 13, 72, 96}) check_gather_ranges(in, out);
+  check_ms_attention_mix_single_scale(4, 6, 16, 24);
+  check_ms_attention_mix_single_scale(5, 7, 11, 13);
+  check_ms_attention_mix_single_scale(9, 4, 5, 6);  // down-sampling
   if (failures) {
     std::printf("%d failures\n", failures);
     return 1;

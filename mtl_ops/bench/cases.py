@@ -89,3 +89,66 @@ CASES["ctal_affinity"] = BenchCase(
     extra_providers={"reassoc(plain torch)": lambda x, v, w, b: reference.ctal_affinity_reassociated(
         x, v, w, b, CTAL_GAMMA)},
 )
+
+
+# ---- Medusa -------------------------------------------------------------------------------------------
+
+
+def _scales(size: dict):
+    return [(-(-size["H"] // st), -(-size["W"] // st)) for st in size["strides"]]
+
+
+def _ms_attention_mix_inputs(size: dict, device: torch.device, dtype: torch.dtype):
+    g = torch.Generator().manual_seed(0)
+    scales = _scales(size)
+    values = [torch.randn(size["B"], size["K"], h, w, generator=g).to(device, dtype) for h, w in scales]
+    logits = [torch.randn(size["B"], 1, h, w, generator=g).to(device, dtype) for h, w in scales]
+    return (*values, *logits)
+
+
+def _ms_mix(fn):
+    """fn(values, logits, size) as a provider over the flat inputs (S values then S logits); the output
+    size is the finest scale's."""
+    def call(*tensors):
+        S = len(tensors) // 2
+        return fn(list(tensors[:S]), list(tensors[S:]), tuple(tensors[0].shape[-2:]))
+    return call
+
+
+def _sfa_apply_inputs(size: dict, device: torch.device, dtype: torch.dtype):
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for (h, w), c in zip(_scales(size), size["C"]):
+        out.append(torch.randn(size["B"], c, h, w, generator=g).to(device, dtype))
+        out.append(torch.randn(size["T"], size["B"], 1 if size["M"] == 1 else c, h, w, generator=g).to(device, dtype))
+    return tuple(out)
+
+
+def _sfa_all_scales(fn):
+    """fn(features, mask_logits) applied at every scale; inputs are (features, mask_logits) pairs."""
+    def call(*tensors):
+        return [fn(tensors[i], tensors[i + 1]) for i in range(0, len(tensors), 2)]
+    return call
+
+
+CASES["ms_attention_mix"] = BenchCase(
+    op="ms_attention_mix",
+    sizes={"full": dict(B=8, K=40, H=288, W=384, strides=(4, 8, 16, 32)),
+           "quick": dict(B=2, K=3, H=32, W=48, strides=(4, 8, 16, 32))},
+    make_inputs=_ms_attention_mix_inputs,
+    reference_fn=_ms_mix(reference.ms_attention_mix),
+    fused_fn=lambda backend: _ms_mix(lambda v, a, s: ops.ms_attention_mix(v, a, s, backend=backend)),
+    target="CPU fp32 fwd+bwd, S=4 (72x96..9x12 -> 72x96), B=8, K=40: cpp >= 3x reference, >= 1.5x "
+           "torch.compile(reference), peak memory <= 1/3 of the reference's",
+    notes={"sizes": "H, W: the image; the scales are ceil(H/stride) x ceil(W/stride); output = finest scale"},
+)
+CASES["sfa_apply"] = BenchCase(
+    op="sfa_apply",
+    sizes={"full": dict(T=4, B=8, C=(64, 128, 256, 512), M=1, H=288, W=384, strides=(4, 8, 16, 32)),
+           "quick": dict(T=2, B=2, C=(4, 8, 8, 16), M=1, H=32, W=48, strides=(4, 8, 16, 32))},
+    make_inputs=_sfa_apply_inputs,
+    reference_fn=_sfa_all_scales(reference.sfa_apply),
+    fused_fn=lambda backend: _sfa_all_scales(lambda f, m: ops.sfa_apply(f, m, backend=backend)),
+    target="CPU fp32 fwd+bwd, T=4 over the four resnet18 scales of a 288x384 image (spatial masks): "
+           "cpp >= 1.5x reference",
+)

@@ -31,6 +31,11 @@ def make_call(fn: Callable, inputs: tuple, mode: str) -> Callable[[], object]:
     def call():
         nonlocal grad_out
         y = fn(*leaves)
+        if isinstance(y, (tuple, list)):  # several outputs (e.g. one per scale): one gradient each
+            if grad_out is None:
+                gen = torch.Generator().manual_seed(1)
+                grad_out = tuple(torch.randn(t.shape, generator=gen).to(t.device, t.dtype) for t in y)
+            return torch.autograd.grad(tuple(y), wrt, grad_out)
         if grad_out is None:
             grad_out = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y.device, y.dtype)
         return torch.autograd.grad(y, wrt, grad_out)

@@ -4,6 +4,7 @@ from .heads import IMAGE_LEVEL_TASKS
 from .pdf import DecoderBlock, PDFNet
 from .shared import SharedNet, SingleTaskNets
 from .ctal_net import CTALNet
+from .medusa import Medusa
 
 __all__ = ["BasicBlock", "ResNetBackbone", "TimmBackbone", "build_backbone", "SharedNet", "SingleTaskNets",
-           "PDFNet", "DecoderBlock", "IMAGE_LEVEL_TASKS", "CTALNet"]
+           "PDFNet", "DecoderBlock", "IMAGE_LEVEL_TASKS", "CTALNet", "Medusa"]

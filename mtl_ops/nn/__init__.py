@@ -23,3 +23,7 @@ __all__ += ["DecoderTree", "group_tasks", "set_partitions", "partition_value", "
 from .ctal import CTAL
 
 __all__ += ["CTAL"]
+# Medusa
+from .medusa import MedusaHead, MultiScaleAttentionHead, ResidualRefine, SharedFeatureAttention
+
+__all__ += ["MedusaHead", "MultiScaleAttentionHead", "ResidualRefine", "SharedFeatureAttention"]

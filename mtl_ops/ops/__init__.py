@@ -5,3 +5,7 @@ __all__ = ["gated_residual"]
 from .ctal_affinity import ctal_affinity
 
 __all__ += ["ctal_affinity"]
+from .ms_attention_mix import ms_attention_mix
+from .sfa_apply import sfa_apply
+
+__all__ += ["ms_attention_mix", "sfa_apply"]

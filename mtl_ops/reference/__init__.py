@@ -8,3 +8,7 @@ __all__ += ["cka"]
 from .ctal_affinity import ctal_affinity, ctal_affinity_reassociated
 
 __all__ += ["ctal_affinity", "ctal_affinity_reassociated"]
+from .ms_attention_mix import ms_attention_mix
+from .sfa_apply import sfa_apply
+
+__all__ += ["ms_attention_mix", "sfa_apply"]
