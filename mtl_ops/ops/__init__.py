@@ -2,3 +2,6 @@
 from .gated_residual import gated_residual
 
 __all__ = ["gated_residual"]
+from .routed_primitive_gather import routed_primitive_gather
+
+__all__ += ["routed_primitive_gather"]

@@ -5,3 +5,6 @@ __all__ = ["gated_residual"]
 from .cka import cka
 
 __all__ += ["cka"]
+from .routed_primitive_gather import routed_primitive_gather
+
+__all__ += ["routed_primitive_gather"]
