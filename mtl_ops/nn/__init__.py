@@ -18,3 +18,10 @@ from .decoder_tree import DecoderTree
 from .pdf_grouping import MAX_GROUPING_TASKS, group_tasks, partition_value, set_partitions
 
 __all__ += ["DecoderTree", "group_tasks", "set_partitions", "partition_value", "MAX_GROUPING_TASKS"]
+
+# ETR-NLP
+from .etr_nlp import ETRNLPConv, frozen_parameters, learnable_parameters
+from .etr_nlp_convert import convert_to_etr_nlp
+from .etr_nlp_primitives import DEFAULT_PRIMITIVES
+
+__all__ += ["ETRNLPConv", "convert_to_etr_nlp", "learnable_parameters", "frozen_parameters", "DEFAULT_PRIMITIVES"]

@@ -5,3 +5,6 @@ __all__ = ["gated_residual"]
 from .routed_primitive_gather import routed_primitive_gather
 
 __all__ += ["routed_primitive_gather"]
+from .rpg_effective_kernel import routed_primitive_gather_linear
+
+__all__ += ["routed_primitive_gather_linear"]
