@@ -65,9 +65,28 @@ def test_parity_shapes(backend, case):
     check_against_reference(backend, prims="all", **case)
 
 
-@pytest.mark.parametrize("backend", backend_params(OP, "cpu", ("cpp",)))
+# The Triton interpreter runs about 1 ms per operation: tiny shapes (2 images, 2 channels, one program each).
+TRITON_TINY = dict(T=2, B=1, C=2, H=5, W=6, C_sh=2, C_sp=1)
+
+
+@pytest.mark.parametrize("backend", backend_params(OP, "cpu", ("triton",)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("prims, stride, groups", [
+    ("all", 1, 2), pytest.param("all", 2, 1, marks=pytest.mark.slow), ("default5", 2, 2),
+    pytest.param("dense_conv_dilated", 1, 1, marks=pytest.mark.slow), ("shift", 2, 2)])
+def test_parity_triton(backend, prims, stride, groups, dtype):
+    check_against_reference(backend, dtype, prims=prims, stride=stride, groups=groups, **TRITON_TINY)
+
+
+@pytest.mark.parametrize("backend", backend_params(OP, "cpu", ("triton",)))
+def test_parity_triton_several_programs_and_half(backend):
+    check_against_reference(backend, torch.bfloat16, prims="default5", T=2, B=1, C=2, H=9, W=10, C_sh=2, C_sp=1,
+                            groups=1)
+
+
+@pytest.mark.parametrize("backend", backend_params(OP, "cpu", ("cpp", "triton")))
 def test_non_contiguous_input(backend):
-    args, kwargs = make_case(prims="default5")
+    args, kwargs = make_case(prims="default5", **TRITON_TINY)
     x = args[0].to(memory_format=torch.channels_last)
     y = routed_primitive_gather(x, *args[1:], backend=backend, **kwargs)
     assert_close(y, reference(*args, **kwargs).double(), torch.float32, "reduction")
@@ -86,8 +105,9 @@ def test_max_pool_ties_route_to_first_maximum():
         assert_close(dx, want.double(), torch.float32)
 
 
-@pytest.mark.parametrize("backend", ["reference"] + backend_params(OP, "cpu", ("cpp",)))
-@pytest.mark.parametrize("prims, stride", [("all", 1), ("default5", 2)])
+@pytest.mark.parametrize("backend, prims, stride", [("reference", "default5", 2)] + [
+    pytest.param(b.values[0], prims, stride, marks=b.marks, id=f"{b.id}-{prims}-{stride}")
+    for b in backend_params(OP, "cpu", ("cpp",)) for prims, stride in (("all", 1), ("default5", 2))])
 def test_gradcheck_fp64(backend, prims, stride):
     args, kwargs = make_case(prims=prims, T=2, B=1, C=2, H=4, W=5, C_sh=2, C_sp=1, groups=2, stride=stride,
                              dtype=torch.float64)
@@ -107,11 +127,15 @@ def _ops(backend):
             getattr(torch.ops.mtl_ops, f"routed_primitive_gather_backward{suffix}").default)
 
 
-@pytest.mark.parametrize("backend", backend_params(OP, "cpu", ("cpp",)))
+@pytest.mark.parametrize("backend", backend_params(OP, "cpu", ("cpp", "triton")))
 @pytest.mark.parametrize("stride", [1, 2])
 def test_opcheck(backend, stride):
     forward, backward = _ops(backend)
-    args, kwargs = make_case(prims="all", T=2, B=1, C=2, H=4, W=5, C_sh=2, C_sp=1, groups=1, stride=stride)
+    if backend == "triton":  # the interpreter: one channel, one primitive of each flavour (gather, scatter)
+        args, kwargs = make_case(prims="max_pool" if stride == 2 else "dw_conv_dilated", T=2, B=1, C=1, H=3, W=4,
+                                 C_sh=1, C_sp=1, groups=1, stride=stride)
+    else:
+        args, kwargs = make_case(prims="all", T=2, B=1, C=2, H=4, W=5, C_sh=2, C_sp=1, groups=1, stride=stride)
     args = list(args)
     for i in DIFF:
         args[i].requires_grad_()
@@ -122,10 +146,11 @@ def test_opcheck(backend, stride):
                                                                       for a in full]))
 
 
-@pytest.mark.parametrize("backend", backend_params(OP, "cpu", ("cpp",)))
+@pytest.mark.parametrize("backend", backend_params(OP, "cpu", ("cpp", "triton")))
 def test_compile_fullgraph(backend):
     torch._dynamo.reset()
-    args, kwargs = make_case(prims="default5", stride=2)
+    tiny = dict(TRITON_TINY, C=1, C_sh=1, groups=1, H=3, W=4)
+    args, kwargs = make_case(prims="default5" if backend == "cpp" else "avg_pool", stride=2, **tiny)
 
     def step(x, ws, bs, wt, bt):
         return routed_primitive_gather(x, args[1], args[2], args[3], ws, bs, wt, bt, backend=backend,
@@ -149,7 +174,7 @@ def _bad(i, value):
     return mutate
 
 
-@pytest.mark.parametrize("backend", ["reference"] + backend_params(OP, "cpu", ("cpp",)))
+@pytest.mark.parametrize("backend", ["reference"] + backend_params(OP, "cpu", ("cpp", "triton")))
 @pytest.mark.parametrize("mutate, kw, error, match", [
     (_bad(0, lambda a: a[0][0]), {}, ValueError, r"x must be \(T\*B, C_in, H, W\), got shape \(4, 7, 9\)"),
     (_bad(0, lambda a: a[0][:3]), {}, ValueError, r"x's batch \(3\) must be T\*B with T = w_task.size\(0\) = 2"),

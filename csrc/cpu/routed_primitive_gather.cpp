@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 #include <vector>
 
 #include "../common/gated_residual_args.h"
@@ -39,38 +40,68 @@ Prims make_prims(at::IntArrayRef kinds, at::IntArrayRef params, at::TensorList f
   return p;
 }
 
+// Each image's channels copied into planes padded by P (zeros; a second copy padded with -inf for max
+// pool), so that no tap loop needs a bounds check (see rpg_primitives.h).
+template <typename V>
+struct Padded {
+  int64_t P, Hp, Wp, plane;
+  at::Tensor zero, neg;  // (C, Hp, Wp)
+
+  Padded(const RpgShape& s, const Prims& prims, at::ScalarType acc) {
+    P = 1;
+    bool has_max = false;
+    for (int64_t p = 0; p < s.k; ++p) {
+      P = std::max<int64_t>(P, rpg_radius(prims.kind[p], prims.a[p], prims.b[p]));
+      has_max = has_max || prims.kind[p] == kMaxPool;
+    }
+    Hp = s.H + 2 * P, Wp = s.W + 2 * P, plane = Hp * Wp;
+    zero = at::zeros({s.C, Hp, Wp}, at::TensorOptions().dtype(acc));
+    if (has_max) neg = at::full({s.C, Hp, Wp}, -std::numeric_limits<V>::infinity(), at::TensorOptions().dtype(acc));
+  }
+  void load(const V* x, const RpgShape& s) {
+    for (const auto* t : {&zero, &neg}) {
+      if (!t->defined()) continue;
+      V* d = t->template mutable_data_ptr<V>();
+      for (int64_t c = 0; c < s.C; ++c)
+        for (int64_t h = 0; h < s.H; ++h)
+          std::copy(x + (c * s.H + h) * s.W, x + (c * s.H + h + 1) * s.W, d + c * plane + (h + P) * Wp + P);
+    }
+  }
+  // Pointer to input pixel (h, w) of channel c.
+  const V* at(const at::Tensor& t, int64_t c, int64_t h, int64_t w) const {
+    return t.template const_data_ptr<V>() + c * plane + (h + P) * Wp + (w + P);
+  }
+};
+
 // col[(c·9 + u·3 + v), q] = x[c, i·s + (u−1)·d, j·s + (v−1)·d] for the tile's pixels q = (i − i0)·Wo + j.
 template <typename V>
-void im2col(const V* x, const RpgShape& s, int d, int64_t i0, int64_t i1, V* col) {
-  const int64_t n = (i1 - i0) * s.Wo;
+void im2col(const Padded<V>& xp, const RpgShape& s, int d, int64_t i0, int64_t i1, V* col) {
+  const int64_t n = (i1 - i0) * s.Wo, st = s.stride;
   for (int64_t c = 0; c < s.C; ++c)
     for (int u = 0; u < 3; ++u)
       for (int v = 0; v < 3; ++v) {
         V* row = col + ((c * 3 + u) * 3 + v) * n;
-        const V* plane = x + c * s.H * s.W;
-        for (int64_t i = i0; i < i1; ++i)
-          for (int64_t j = 0; j < s.Wo; ++j)
-            row[(i - i0) * s.Wo + j] =
-                rpg_tap(plane, s.H, s.W, i * s.stride + (u - 1) * d, j * s.stride + (v - 1) * d);
+        for (int64_t i = i0; i < i1; ++i) {
+          const V* src = xp.at(xp.zero, c, i * st + (u - 1) * d, (v - 1) * d);
+          V* dst = row + (i - i0) * s.Wo;
+#pragma omp simd
+          for (int64_t j = 0; j < s.Wo; ++j) dst[j] = src[j * st];
+        }
       }
 }
 
-// The adjoint of im2col: dx[c, tap] += dcol[(c·9 + u·3 + v), q].
+// The adjoint of im2col into a padded gradient plane set: dxp[c, tap] += dcol[(c·9 + u·3 + v), q].
 template <typename V>
-void col2im_add(const V* dcol, const RpgShape& s, int d, int64_t i0, int64_t i1, V* dx) {
-  const int64_t n = (i1 - i0) * s.Wo;
+void col2im_add(const V* dcol, const Padded<V>& xp, const RpgShape& s, int d, int64_t i0, int64_t i1, V* dxp) {
+  const int64_t n = (i1 - i0) * s.Wo, st = s.stride;
   for (int64_t c = 0; c < s.C; ++c)
     for (int u = 0; u < 3; ++u)
       for (int v = 0; v < 3; ++v) {
         const V* row = dcol + ((c * 3 + u) * 3 + v) * n;
-        V* plane = dx + c * s.H * s.W;
         for (int64_t i = i0; i < i1; ++i) {
-          const int64_t h = i * s.stride + (u - 1) * d;
-          if (h < 0 || h >= s.H) continue;
-          for (int64_t j = 0; j < s.Wo; ++j) {
-            const int64_t w = j * s.stride + (v - 1) * d;
-            if (w >= 0 && w < s.W) plane[h * s.W + w] += row[(i - i0) * s.Wo + j];
-          }
+          V* dst = dxp + c * xp.plane + (i * st + (u - 1) * d + xp.P) * xp.Wp + (v - 1) * d + xp.P;
+          const V* src = row + (i - i0) * s.Wo;
+          for (int64_t j = 0; j < s.Wo; ++j) dst[j * st] += src[j];
         }
       }
 }
@@ -85,9 +116,10 @@ struct TileBank {
   const RpgShape& s;
   const Prims& prims;
   at::ScalarType acc;
+  Padded<V> xp;
   at::Tensor bank, col1, cold, dense_out;
 
-  TileBank(const RpgShape& s_, const Prims& p_, at::ScalarType acc_) : s(s_), prims(p_), acc(acc_) {
+  TileBank(const RpgShape& s_, const Prims& p_, at::ScalarType acc_) : s(s_), prims(p_), acc(acc_), xp(s_, p_, acc_) {
     const int64_t n = std::min(s.Ho, std::max<int64_t>(1, kTilePixels / s.Wo)) * s.Wo;
     const auto opt = at::TensorOptions().dtype(acc);
     bank = at::empty({s.k * s.C, n}, opt);
@@ -98,18 +130,18 @@ struct TileBank {
   int64_t rows_per_tile() const { return bank.size(1) / s.Wo; }
 
   // Fills bank (k·C × n) and col1 (the dilation-1 im2col of the task branch) for output rows [i0, i1).
-  void fill(const V* x, int64_t i0, int64_t i1) {
-    const int64_t n = (i1 - i0) * s.Wo;
+  void fill(int64_t i0, int64_t i1) {
+    const int64_t n = (i1 - i0) * s.Wo, st = s.stride;
     V* bk = bank.template mutable_data_ptr<V>();
     V* c1 = col1.template mutable_data_ptr<V>();
-    im2col(x, s, 1, i0, i1, c1);
+    im2col(xp, s, 1, i0, i1, c1);
     for (int64_t p = 0; p < s.k; ++p) {
       const int kind = prims.kind[p], a = prims.a[p], b = prims.b[p];
       if (kind == kDenseConv) {
         V* cd = c1;
         if (a != 1) {
           cd = cold.template mutable_data_ptr<V>();
-          im2col(x, s, a, i0, i1, cd);
+          im2col(xp, s, a, i0, i1, cd);
         }
         auto out = mat(dense_out.template mutable_data_ptr<V>(), s.C, n, n, acc);
         at::mm_out(out, prims.frozen[p].view({s.C, s.C * 9}), mat(cd, s.C * 9, n, n, acc));
@@ -119,26 +151,42 @@ struct TileBank {
       }
       const V* fz = prims.frozen[p].defined() ? prims.frozen[p].template const_data_ptr<V>() : nullptr;
       const int64_t Hn = kind == kNoise ? prims.frozen[p].size(1) : 1, Wn = kind == kNoise ? prims.frozen[p].size(2) : 1;
-      for (int64_t c = 0; c < s.C; ++c) {
-        const V* plane = x + c * s.H * s.W;
-        const V* w9 = kind == kDwConv ? fz + c * 9 : nullptr;
-        const V* noise = kind == kNoise ? fz + c * Hn * Wn : nullptr;
-        V* row = bk + (c * s.k + p) * n;
-        for (int64_t i = i0; i < i1; ++i)
-          for (int64_t j = 0; j < s.Wo; ++j)
-            row[(i - i0) * s.Wo + j] = rpg_channel_response<V>(kind, a, b, plane, s.H, s.W, i * s.stride,
-                                                               j * s.stride, w9, noise, Hn, Wn);
-      }
+      rpg_dispatch_kind(kind, [&](auto kc) {
+        constexpr int K = decltype(kc)::value;
+        const at::Tensor& src = K == kMaxPool ? xp.neg : xp.zero;
+        for (int64_t c = 0; c < s.C; ++c) {
+          const V* w9 = K == kDwConv ? fz + c * 9 : nullptr;
+          V* row = bk + (c * s.k + p) * n;
+          for (int64_t i = i0; i < i1; ++i) {
+            const V* at0 = xp.at(src, c, i * st, 0);
+            V* dst = row + (i - i0) * s.Wo;
+            if constexpr (K == kMaxPool) {
+              for (int64_t j = 0; j < s.Wo; ++j) dst[j] = rpg_max_value(at0 + j * st, xp.Wp);
+            } else {  // linear: tap-outer loops
+              const RpgTaps<V> taps = rpg_linear_taps<K, V>(xp.Wp, a, b, w9);
+              std::fill(dst, dst + s.Wo, V(0));
+              for (int e = 0; e < taps.n; ++e) {
+                const V* sp = at0 + taps.off[e];
+                const V cf = taps.coef[e];
+#pragma omp simd
+                for (int64_t j = 0; j < s.Wo; ++j) dst[j] += cf * sp[j * st];
+              }
+              if constexpr (K == kNoise) {
+                const V* nrow = fz + (c * Hn + (i * st) % Hn) * Wn;
+                for (int64_t j = 0; j < s.Wo; ++j) dst[j] += nrow[(j * st) % Wn];
+              }
+            }
+          }
+        }
+      });
     }
   }
 };
 
-struct PlaneAdder {
-  template <typename V>
-  struct Fn {
-    V* plane;
-    void operator()(int64_t idx, V v) const { plane[idx] += v; }
-  };
+template <typename V>
+struct OffsetAdder {
+  V* base;
+  void operator()(int64_t off, V v) const { base[off] += v; }
 };
 
 }  // namespace
@@ -168,10 +216,10 @@ at::Tensor routed_primitive_gather_forward(const at::Tensor& x_in, at::IntArrayR
       auto ytile = at::empty({s.Cout, tb.bank.size(1)}, at::TensorOptions().dtype(acc));
       for (int64_t item = begin; item < end; ++item) {
         const int64_t t = item / s.B;
-        const V* xi = x.const_data_ptr<V>() + item * s.C * s.H * s.W;
+        tb.xp.load(x.const_data_ptr<V>() + item * s.C * s.H * s.W, s);
         for (int64_t i0 = 0; i0 < s.Ho; i0 += tb.rows_per_tile()) {
           const int64_t i1 = std::min(s.Ho, i0 + tb.rows_per_tile()), n = (i1 - i0) * s.Wo;
-          tb.fill(xi, i0, i1);
+          tb.fill(i0, i1);
           V* yt = ytile.mutable_data_ptr<V>();
           V* bk = tb.bank.template mutable_data_ptr<V>();
           for (int64_t g = 0; g < s.G && s.opg > 0; ++g) {
@@ -214,7 +262,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> routed_pr
   const auto wsh = w_shared.detach().to(acc).contiguous().view({s.Csh, s.k * s.cpg});
   const auto wsp = w_task.detach().to(acc).contiguous().view({s.T, s.Csp, s.C * 9});
   const Prims prims = make_prims(kinds, params, frozen, acc);
-  auto dx = at::zeros({s.N, s.C, s.H, s.W}, opt);
+  auto dx = at::empty({s.N, s.C, s.H, s.W}, opt);
   auto p_wsh = at::zeros({s.N, s.Csh, s.k * s.cpg}, opt);
   auto p_bsh = at::zeros({s.N, s.Csh}, opt);
   auto p_wsp = at::zeros({s.N, s.Csp, s.C * 9}, opt);
@@ -228,9 +276,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> routed_pr
         const int64_t cap = tb.bank.size(1);
         auto dbank = at::empty({s.k * s.C, cap}, opt);
         auto dcol = at::empty({s.C * 9, cap}, opt);
+        auto dxpad = at::empty({s.C, tb.xp.Hp, tb.xp.Wp}, opt);  // d x on the padded planes
+        V* dxp = dxpad.mutable_data_ptr<V>();
         for (int64_t item = begin; item < end; ++item) {
           const int64_t t = item / s.B, HWo = s.Ho * s.Wo;
-          const V* xi = x.const_data_ptr<V>() + item * s.C * s.H * s.W;
+          tb.xp.load(x.const_data_ptr<V>() + item * s.C * s.H * s.W, s);
+          dxpad.zero_();
           V* dxi = dx.mutable_data_ptr<V>() + item * s.C * s.H * s.W;
           const V* dyi = dy.const_data_ptr<V>() + item * s.Cout * HWo;
           auto pw = p_wsh[item];
@@ -239,7 +290,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> routed_pr
           V* pbs = p_bsp.mutable_data_ptr<V>() + item * s.Csp;
           for (int64_t i0 = 0; i0 < s.Ho; i0 += tb.rows_per_tile()) {
             const int64_t i1 = std::min(s.Ho, i0 + tb.rows_per_tile()), n = (i1 - i0) * s.Wo;
-            tb.fill(xi, i0, i1);
+            tb.fill(i0, i1);
             V* bk = tb.bank.template mutable_data_ptr<V>();
             V* db = dbank.mutable_data_ptr<V>();
             V* dyt = const_cast<V*>(dyi) + i0 * s.Wo;
@@ -260,7 +311,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> routed_pr
               pws.addmm_(dy_sp, mat(tb.col1.template mutable_data_ptr<V>(), s.C * 9, n, n, acc).t());
               auto dc = mat(dcol.mutable_data_ptr<V>(), s.C * 9, n, n, acc);
               at::mm_out(dc, wsp[t].t(), dy_sp);
-              col2im_add(dcol.const_data_ptr<V>(), s, 1, i0, i1, dxi);
+              col2im_add(dcol.const_data_ptr<V>(), tb.xp, s, 1, i0, i1, dxp);
             }
             if (s.Csh == 0) continue;
             for (int64_t p = 0; p < s.k; ++p) {
@@ -268,22 +319,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> routed_pr
               if (kind == kDenseConv) {  // dx += conv3x3ᵀ(dP_p): rows c·k + p of the bank gradient
                 auto dc = mat(dcol.mutable_data_ptr<V>(), s.C * 9, n, n, acc);
                 at::mm_out(dc, prims.frozen[p].view({s.C, s.C * 9}).t(), mat(db + p * n, s.C, n, s.k * n, acc));
-                col2im_add(dcol.const_data_ptr<V>(), s, a, i0, i1, dxi);
+                col2im_add(dcol.const_data_ptr<V>(), tb.xp, s, a, i0, i1, dxp);
                 continue;
               }
               const V* fz = prims.frozen[p].defined() ? prims.frozen[p].template const_data_ptr<V>() : nullptr;
-              for (int64_t c = 0; c < s.C; ++c) {
-                const PlaneAdder::Fn<V> add{dxi + c * s.H * s.W};
-                const V* plane = xi + c * s.H * s.W;
-                const V* w9 = kind == kDwConv ? fz + c * 9 : nullptr;
-                const V* row = db + (c * s.k + p) * n;
-                for (int64_t i = i0; i < i1; ++i)
-                  for (int64_t j = 0; j < s.Wo; ++j)
-                    rpg_channel_adjoint<V>(kind, a, b, plane, s.H, s.W, i * s.stride, j * s.stride, w9,
-                                           row[(i - i0) * s.Wo + j], add);
-              }
+              rpg_dispatch_kind(kind, [&](auto kc) {
+                constexpr int K = decltype(kc)::value;
+                const int64_t st = s.stride;
+                for (int64_t c = 0; c < s.C; ++c) {
+                  const V* w9 = K == kDwConv ? fz + c * 9 : nullptr;
+                  const V* row = db + (c * s.k + p) * n;
+                  for (int64_t i = i0; i < i1; ++i) {
+                    V* d0 = dxp + c * tb.xp.plane + (i * st + tb.xp.P) * tb.xp.Wp + tb.xp.P;
+                    const V* g = row + (i - i0) * s.Wo;
+                    if constexpr (K == kMaxPool) {
+                      const V* at0 = tb.xp.at(tb.xp.neg, c, i * st, 0);
+                      for (int64_t j = 0; j < s.Wo; ++j)
+                        rpg_adjoint<K, V>(at0 + j * st, tb.xp.Wp, a, b, w9, g[j], OffsetAdder<V>{d0 + j * st});
+                    } else {  // linear: the transposed taps, tap-outer
+                      const RpgTaps<V> taps = rpg_linear_taps<K, V>(tb.xp.Wp, a, b, w9);
+                      for (int e = 0; e < taps.n; ++e) {
+                        V* dp = d0 + taps.off[e];
+                        const V cf = taps.coef[e];
+                        if (st == 1) {
+                          _Pragma("omp simd")  // (inside the dispatch macro: #pragma is not allowed)
+                          for (int64_t j = 0; j < s.Wo; ++j) dp[j] += cf * g[j];
+                        } else {
+                          for (int64_t j = 0; j < s.Wo; ++j) dp[j * st] += cf * g[j];
+                        }
+                      }
+                    }
+                  }
+                }
+              });
             }
           }
+          for (int64_t c = 0; c < s.C; ++c)  // crop the padded gradient into d x
+            for (int64_t h = 0; h < s.H; ++h) {
+              const V* src = dxp + c * tb.xp.plane + (h + tb.xp.P) * tb.xp.Wp + tb.xp.P;
+              std::copy(src, src + s.W, dxi + (c * s.H + h) * s.W);
+            }
         }
       });
     });
