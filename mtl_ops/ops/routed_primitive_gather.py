@@ -5,8 +5,8 @@ For route t (the t-th slice of B samples of x):
     y[:, :C_sh]  = Conv1x1_groups(channel_shuffle(concat_p prim_p(x)))    shared by every task
     y[:, C_sh:]  = Conv3x3_t(x, stride)                                  task t's own branch
 
-Operators: ``mtl_ops::routed_primitive_gather_forward`` / ``_backward`` (C++; CPU kernels so far, schemas
-in csrc/ops.cpp; no CUDA kernel yet) and ``..._forward_triton`` / ``..._backward_triton`` (Triton, defined
+Operators: ``mtl_ops::routed_primitive_gather_forward`` / ``_backward`` (C++; CPU and CUDA kernels, schemas
+in csrc/ops.cpp) and ``..._forward_triton`` / ``..._backward_triton`` (Triton, defined
 here). Each has a fake kernel and autograd; the public function applies ``RoutedPrimitiveGatherFunction``, whose forward and
 backward call the chosen backend's operators (the reference backend is plain autograd). None of them
 materialises the primitive bank; the backward recomputes the responses (max-pool argmax included).
@@ -23,7 +23,7 @@ from ..reference.primitive_kinds import DENSE_CONV, DW_CONV, KIND_NAMES, NOISE, 
 from ._registration import compiled_op
 
 OP = "routed_primitive_gather"
-register_op(OP, ("reference", "cpp", "triton"))  # cuda kernel: not yet
+register_op(OP, ("reference", "cpp", "cuda", "triton"))
 _FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -151,7 +151,7 @@ def _register_autograd(forward_op, backward_op) -> None:
 _KERNELS = {"triton": (_triton_forward._opoverload, _triton_backward._opoverload)}
 _compiled = (compiled_op("routed_primitive_gather_forward"), compiled_op("routed_primitive_gather_backward"))
 if _compiled[0] is not None:
-    _KERNELS["cpp"] = _compiled  # CPU kernels only so far (no CUDA dispatch key registered)
+    _KERNELS["cpp"] = _KERNELS["cuda"] = _compiled  # one operator; the dispatcher picks CPU or CUDA
 
 for _fwd, _bwd in {v for v in _KERNELS.values()}:
     torch.library.register_fake(_fwd)(_forward_fake)
@@ -204,8 +204,7 @@ def routed_primitive_gather(x: torch.Tensor, kinds, params, frozen, w_shared: to
         w_task, b_task: (T, C_sp, C_in, 3, 3) and (T, C_sp): task t's 3x3 convolution (padding 1).
         stride: of every primitive and of the task convolutions; H' = (H − 1) // stride + 1.
         groups: of the 1x1; must divide C_in and C_sh.
-        backend: None (fastest available; ``MTL_OPS_BACKEND`` overrides), "reference", "cpp" or "triton"
-            (no "cuda" kernel yet: CUDA tensors run on triton).
+        backend: None (fastest available; ``MTL_OPS_BACKEND`` overrides), "reference", "cpp", "cuda", "triton".
 
     Returns (T·B, C_sh + C_sp, H', W') in x's dtype: channels [0, C_sh) shared, [C_sh, C_out) task t's.
     Differentiable in x, w_shared, b_shared, w_task and b_task; accumulation in fp32 (fp64 for fp64).
