@@ -152,3 +152,43 @@ CASES["sfa_apply"] = BenchCase(
     target="CPU fp32 fwd+bwd, T=4 over the four resnet18 scales of a 288x384 image (spatial masks): "
            "cpp >= 1.5x reference",
 )
+
+
+# ---- routed_primitive_gather (ETR-NLP): the default five primitives, sharing ratio 0.9, G = gcd(C_in, C_sh) ----
+def _rpg_primitives(C: int, device, dtype):
+    from ..nn.etr_nlp_primitives import DEFAULT_PRIMITIVES, make_frozen, parse_primitive
+
+    spec = [parse_primitive(p) for p in DEFAULT_PRIMITIVES]
+    gen = torch.Generator().manual_seed(0)
+    frozen = [make_frozen(kind, C, gen).to(device, dtype) for kind, _, _ in spec]
+    return [s[0] for s in spec], [v for s in spec for v in s[1:]], frozen
+
+
+def _rpg_inputs(size: dict, device: torch.device, dtype: torch.dtype):
+    g = torch.Generator().manual_seed(0)
+    T, B, C, H, W = size["T"], size["B"], size["C"], size["H"], size["W"]
+    c_sh = int(0.9 * C)
+    groups = __import__("math").gcd(C, c_sh)
+    x = torch.randn(T * B, C, H, W, generator=g)
+    w_sh = torch.randn(c_sh, 5 * C // groups, 1, 1, generator=g) * (5 * C / groups) ** -0.5
+    w_t = torch.randn(T, C - c_sh, C, 3, 3, generator=g) * (9 * C) ** -0.5
+    return tuple(t.to(device, dtype) for t in (x, w_sh, torch.zeros(c_sh), w_t, torch.zeros(T, C - c_sh)))
+
+
+def _rpg_call(fn):
+    def call(x, w_sh, b_sh, w_t, b_t):
+        kinds, params, frozen = _rpg_primitives(x.shape[1], x.device, x.dtype)
+        groups = x.shape[1] * len(kinds) // w_sh.shape[1]
+        return fn(x, kinds, params, frozen, w_sh, b_sh, w_t, b_t, stride=1, groups=groups)
+    return call
+
+
+CASES["routed_primitive_gather"] = BenchCase(
+    op="routed_primitive_gather",
+    sizes={"full": dict(T=3, B=8, C=64, H=72, W=96), "quick": dict(T=2, B=1, C=8, H=9, W=12)},
+    make_inputs=_rpg_inputs,
+    reference_fn=_rpg_call(reference.routed_primitive_gather),
+    fused_fn=lambda backend: _rpg_call(lambda *a, **k: ops.routed_primitive_gather(*a, backend=backend, **k)),
+    target="CPU fp32 fwd+bwd at full size (5 primitives): fused >= 2x reference and >= torch.compile(reference); "
+           "peak memory <= 1/3 of the reference's",
+)

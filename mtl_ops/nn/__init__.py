@@ -27,3 +27,9 @@ __all__ += ["CTAL"]
 from .medusa import MedusaHead, MultiScaleAttentionHead, ResidualRefine, SharedFeatureAttention
 
 __all__ += ["MedusaHead", "MultiScaleAttentionHead", "ResidualRefine", "SharedFeatureAttention"]
+# ETR-NLP
+from .etr_nlp import ETRNLPConv, frozen_parameters, learnable_parameters
+from .etr_nlp_convert import convert_to_etr_nlp
+from .etr_nlp_primitives import DEFAULT_PRIMITIVES
+
+__all__ += ["ETRNLPConv", "convert_to_etr_nlp", "learnable_parameters", "frozen_parameters", "DEFAULT_PRIMITIVES"]

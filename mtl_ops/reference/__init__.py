@@ -12,3 +12,6 @@ from .ms_attention_mix import ms_attention_mix
 from .sfa_apply import sfa_apply
 
 __all__ += ["ms_attention_mix", "sfa_apply"]
+from .routed_primitive_gather import routed_primitive_gather
+
+__all__ += ["routed_primitive_gather"]

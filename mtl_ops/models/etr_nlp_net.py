@@ -1,0 +1,74 @@
+"""A complete ETR-NLP network: a ResNet backbone whose 3×3 convs (stem excluded) are ETR-NLP blocks, the
+T task routes stacked along the batch after the (shared, unconverted) stem, and one head per task.
+
+``ETRNLPNet(tasks, backbone="resnet18", head="dense" | "classification", **options)``:
+  * tasks: {name: out_channels};
+  * head="dense": per task, 3×3 conv + BN + ReLU + 1×1 on the deepest map, bilinear to the input size;
+    ``forward(images) -> {task: (B, out, H, W)}``;
+  * head="classification" (image-level multi-label, e.g. one CelebA attribute per task): global average
+    pool + linear; ``forward(images) -> {task: (B, out)}`` logits;
+  * options: width (backbone base width, 32), output_stride (32; dilated stages are not converted),
+    sharing_ratio (0.9), primitives, exclude (("stem",)), head_channels (64), seed, backend.
+No deep supervision. ``learnable_parameters()`` / ``frozen_parameters()`` give the parameter accounting.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..nn.etr_nlp import frozen_parameters, learnable_parameters
+from ..nn.etr_nlp_convert import convert_to_etr_nlp
+from ..nn.etr_nlp_primitives import DEFAULT_PRIMITIVES
+from .backbones import ResNetBackbone, build_backbone
+
+
+class ETRNLPNet(nn.Module):
+    def __init__(self, tasks: dict[str, int], backbone: str = "resnet18", *, head: str = "dense", width: int = 32,
+                 output_stride: int = 32, sharing_ratio: float = 0.9, primitives: Sequence = DEFAULT_PRIMITIVES,
+                 exclude: Sequence[str] = ("stem",), head_channels: int = 64, seed: int = 0,
+                 backend: str | None = None):
+        super().__init__()
+        if not tasks:
+            raise ValueError("ETRNLPNet: tasks must name at least one task")
+        if head not in ("dense", "classification"):
+            raise ValueError(f"ETRNLPNet: head must be 'dense' or 'classification', got {head!r}")
+        self.tasks = list(tasks)
+        self.head_kind = head
+        self.backbone = build_backbone(backbone, width=width, output_stride=output_stride)
+        if not isinstance(self.backbone, ResNetBackbone):
+            raise ValueError(f"ETRNLPNet: backbone must be one of the package's ResNets, got {backbone!r}")
+        self.converted = convert_to_etr_nlp(self.backbone, len(self.tasks), sharing_ratio=sharing_ratio,
+                                            primitives=primitives, exclude=exclude, seed=seed, backend=backend)
+        c = self.backbone.channels[-1]
+        if head == "dense":
+            self.heads = nn.ModuleDict({t: nn.Sequential(
+                nn.Conv2d(c, head_channels, 3, padding=1, bias=False), nn.BatchNorm2d(head_channels),
+                nn.ReLU(inplace=True), nn.Conv2d(head_channels, n, 1)) for t, n in tasks.items()})
+        else:
+            self.heads = nn.ModuleDict({t: nn.Linear(c, n) for t, n in tasks.items()})
+
+    def learnable_parameters(self) -> int:
+        return learnable_parameters(self)
+
+    def frozen_parameters(self) -> int:
+        return frozen_parameters(self)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        if images.dim() != 4:
+            raise ValueError(f"ETRNLPNet: expected images (B, C, H, W), got shape {tuple(images.shape)}")
+        T = len(self.tasks)
+        x = self.backbone.stem(images)
+        x = x.repeat(T, 1, 1, 1)  # the T routes, stacked along the batch
+        for stage in self.backbone.stages:
+            x = stage(x)
+        out = {}
+        for t, (name, feat) in enumerate(zip(self.tasks, x.chunk(T, dim=0))):
+            if self.head_kind == "dense":
+                out[name] = F.interpolate(self.heads[name](feat), size=images.shape[-2:], mode="bilinear",
+                                          align_corners=False)
+            else:
+                out[name] = self.heads[name](feat.mean((2, 3)))
+        return out

@@ -1,0 +1,156 @@
+"""ETR-NLP modules: routing semantics, frozen primitives, the effective-kernel fast path against the general
+path, conversion of a backbone, the complete network, bad input."""
+import pytest
+import torch
+from harness import assert_close
+from rpg_cases import make_case
+
+from mtl_ops.models import ETRNLPNet
+from mtl_ops.models.backbones import ResNetBackbone
+from mtl_ops.nn import ETRNLPConv, convert_to_etr_nlp
+from mtl_ops.ops import routed_primitive_gather, routed_primitive_gather_linear
+
+T, B = 3, 2
+
+
+def _block(**kw):
+    torch.manual_seed(0)
+    return ETRNLPConv(8, 10, T, **kw)
+
+
+def test_shared_channels_identical_across_tasks_for_the_same_input():
+    block = _block(primitives=("dw_conv", "max_pool", "noise"))
+    x = torch.randn(B, 8, 9, 7).repeat(T, 1, 1, 1)
+    y = block.routed(x).reshape(T, B, 10, 9, 7)
+    c_sh = block.shared_channels
+    assert c_sh == 9
+    for t in range(1, T):
+        assert torch.equal(y[t, :, :c_sh], y[0, :, :c_sh])
+    assert not torch.allclose(y[1, :, c_sh:], y[0, :, c_sh:])  # each task's own branch differs
+
+
+def test_task_channels_depend_only_on_their_own_branch():
+    block = _block()
+    x = torch.randn(T * B, 8, 6, 5)
+    before = block.routed(x).detach()
+    with torch.no_grad():
+        block.w_task[1].add_(1.0)
+    after = block.routed(x).detach().reshape(T, B, 10, 6, 5)
+    before = before.reshape(T, B, 10, 6, 5)
+    assert torch.equal(after[0], before[0]) and torch.equal(after[2], before[2])
+    assert torch.equal(after[1, :, :9], before[1, :, :9])
+    assert not torch.allclose(after[1, :, 9:], before[1, :, 9:])
+
+
+def test_task_loss_reaches_only_shared_and_own_parameters():
+    block = _block()
+    x = torch.randn(T * B, 8, 6, 5)
+    loss = block(x).reshape(T, B, 10, 6, 5)[0].square().sum()  # task 0's loss
+    loss.backward()
+    assert block.w_shared.grad.abs().sum() > 0 and block.b_shared.grad.abs().sum() > 0
+    assert block.w_task.grad[0].abs().sum() > 0
+    assert torch.equal(block.w_task.grad[1:], torch.zeros_like(block.w_task.grad[1:]))
+    assert torch.equal(block.b_task.grad[1:], torch.zeros_like(block.b_task.grad[1:]))
+    assert block.bn.bns[0].weight.grad.abs().sum() > 0
+    assert block.bn.bns[1].weight.grad is None or not block.bn.bns[1].weight.grad.any()
+    assert all(not f.requires_grad and f.grad is None for f in block.frozen)
+
+
+def test_primitives_are_frozen_buffers_in_state_dict_and_unchanged_by_training():
+    block = _block(primitives=("dw_conv", "dense_conv", "noise", "max_pool"))
+    names = {n for n, _ in block.named_parameters()}
+    assert names.isdisjoint({f"primitive{p}" for p in range(4)})
+    state = block.state_dict()
+    assert {"primitive0", "primitive1", "primitive2", "primitive3"} <= set(state)
+    saved = [f.clone() for f in block.frozen]
+    opt = torch.optim.SGD(block.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+    w0 = block.w_shared.detach().clone()
+    for _ in range(3):
+        opt.zero_grad()
+        block(torch.randn(T * B, 8, 6, 5)).square().mean().backward()
+        opt.step()
+    assert not torch.equal(block.w_shared, w0)
+    for f, s in zip(block.frozen, saved):
+        assert torch.equal(f, s)
+    assert all(id(p) not in {id(f) for f in block.frozen} for g in opt.param_groups for p in g["params"])
+
+
+def test_primitives_are_seeded():
+    a, b, c = ETRNLPConv(4, 4, 2, seed=1), ETRNLPConv(4, 4, 2, seed=1), ETRNLPConv(4, 4, 2, seed=2)
+    assert torch.equal(a.primitive0, b.primitive0) and not torch.equal(a.primitive0, c.primitive0)
+
+
+@pytest.mark.parametrize("ratio", [0.0, -0.5, 1.5])
+def test_bad_sharing_ratio(ratio):
+    with pytest.raises(ValueError, match=r"sharing_ratio must be in \(0, 1\], got"):
+        ETRNLPConv(8, 10, 2, sharing_ratio=ratio)
+
+
+def test_indivisible_groups_say_what_would_work():
+    with pytest.raises(ValueError, match=r"groups=4 must divide in_channels=8 and the 9 shared channels .* "
+                                         r"groups in \[1\] would work"):
+        ETRNLPConv(8, 10, 2, groups=4)
+    with pytest.raises(ValueError, match=r"groups in \[1, 2, 4\] would work"):
+        ETRNLPConv(8, 4, 2, sharing_ratio=1.0, groups=3)
+
+
+def test_default_groups_is_gcd():
+    assert ETRNLPConv(64, 64, 3).groups == 1  # C_sh = 57
+    assert ETRNLPConv(16, 20, 3, sharing_ratio=0.8).groups == 16
+
+
+# ---- the effective-kernel fast path ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("prims, groups", [("linear", 2), ("linear", 1), ("dense_conv_dilated", 4), ("shift", 2),
+                                           ("noise", 1), ("avg_pool", 2)])
+def test_effective_kernel_matches_general_path(prims, groups, stride):
+    args, kwargs = make_case(prims=prims, C=4, C_sh=4, H=9, W=8, groups=groups, stride=stride, dtype=torch.float64)
+    diff = (0, 4, 5, 6, 7)
+    results = []
+    for fn in (lambda *a, **k: routed_primitive_gather(*a, backend="reference", **k), routed_primitive_gather_linear):
+        leaves = list(args)
+        for i in diff:
+            leaves[i] = args[i].detach().requires_grad_()
+        y = fn(*leaves, **kwargs)
+        grads = torch.autograd.grad(y, [leaves[i] for i in diff], torch.ones_like(y) + y.detach())
+        results.append((y, grads))
+    (y0, g0), (y1, g1) = results
+    assert_close(y1, y0, torch.float64, "reduction")
+    for a, b in zip(g1, g0):
+        assert_close(a, b, torch.float64, "reduction")
+
+
+def test_effective_kernel_rejects_max_pool():
+    args, kwargs = make_case(prims="default5")
+    with pytest.raises(ValueError, match=r"primitive 4 is max_pool"):
+        routed_primitive_gather_linear(*args, **kwargs)
+
+
+# ---- conversion and the complete network ----------------------------------------------------------------
+
+def test_convert_replaces_3x3_convs_except_the_stem():
+    net = ResNetBackbone(10, width=8)
+    replaced = convert_to_etr_nlp(net, 2)
+    assert len(replaced) == 8 and not any(n.startswith("stem") for n in replaced)
+    assert isinstance(net.stages[1][0].conv1, ETRNLPConv) and net.stages[1][0].conv1.stride == 2
+    assert isinstance(net.stages[0][0].bn1, torch.nn.Identity)
+    kept = ResNetBackbone(10, width=8)
+    assert len(convert_to_etr_nlp(kept, 2, exclude=("stem", "stages.3"))) == 6
+
+
+@pytest.mark.parametrize("head, shape", [("dense", (2, 3, 32, 40)), ("classification", (2, 3))])
+def test_network_forward_and_parameter_accounting(head, shape):
+    torch.manual_seed(0)
+    tasks = {"a": 3, "b": 1}
+    net = ETRNLPNet(tasks, "resnet10", head=head, width=8)
+    out = net(torch.randn(2, 3, 32, 40))
+    assert set(out) == set(tasks)
+    assert out["a"].shape == shape
+    assert out["b"].shape == shape[:1] + (1,) + shape[2:]
+    out["a"].sum().backward()
+    learnable = net.learnable_parameters()
+    assert learnable == sum(p.numel() for p in net.parameters())
+    assert net.frozen_parameters() > 0
+    plain = sum(p.numel() for p in ResNetBackbone(10, width=8).parameters())
+    assert net.frozen_parameters() + learnable > plain
