@@ -59,6 +59,19 @@ inline at::Tensor weighted(const Normalized& n, const at::Tensor& w_taps, int64_
   return (n.f * w_taps.select(0, tap).select(0, tw).reshape({1, g.T, 1, g.N})).reshape({g.B, g.T * g.C, g.N});
 }
 
+// The per-tap element-wise step of the backward, for one tap and output-task group:
+//   dw_tap[t', i] = sum_{b, c} dQ[b, t', c, i] f[b, t', c, i],   dF[b, t', c, i] += dQ[b, t', c, i] w_tap[t', i]
+// dQ, f, dF (B, T, C, N) and w_tap, dw_tap (T, N), all contiguous in the accumulation dtype. A backend may
+// pass a fused loop (the CPU one does); this is the ATen version.
+using TapReduceFn = void (*)(const at::Tensor& dQ, const at::Tensor& f, const at::Tensor& w_tap, at::Tensor& dw_tap,
+                             at::Tensor& dF);
+
+inline void tap_reduce_aten(const at::Tensor& dQ, const at::Tensor& f, const at::Tensor& w_tap, at::Tensor& dw_tap,
+                            at::Tensor& dF) {
+  dw_tap.copy_((dQ * f).sum({0, 2}));
+  dF.add_(dQ * w_tap.unsqueeze(1));
+}
+
 inline std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x, const at::Tensor& v, const at::Tensor& weight,
                                                   const at::Tensor& bias, double gamma) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;  // a kernel: the operator's own autograd differentiates it
@@ -94,7 +107,7 @@ inline std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x, const at:
 
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& v, const at::Tensor& weight,
-    const at::Tensor& bias, double gamma, const at::Tensor& gram) {
+    const at::Tensor& bias, double gamma, const at::Tensor& gram, TapReduceFn tap_reduce = tap_reduce_aten) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const CtalGeometry g(x, weight);
   const auto acc = ctal_accumulate_type(x.scalar_type());
@@ -130,8 +143,8 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
       auto dG_rows = g.per_task ? dG.narrow(1, tw * g.C, g.C) : dG;
       at::bmm_out(dG_rows, rows, Q.transpose(1, 2));
       auto dQ = at::bmm(Grows.transpose(1, 2), rows).view({g.B, g.T, g.C, g.N});
-      dw.select(0, tap).select(0, tw).copy_((dQ * nrm.f).sum({0, 2}));
-      dF.add_(dQ * w.select(0, tap).select(0, tw).reshape({1, g.T, 1, g.N}));
+      auto dw_tap = dw.select(0, tap).select(0, tw);
+      tap_reduce(dQ, nrm.f, w.select(0, tap).select(0, tw), dw_tap, dF);
     }
     dV_span.baddbmm_(dG, Fp.narrow(2, g.first + off, g.span));
     dF_span.baddbmm_(dG.transpose(1, 2), Vp.narrow(2, g.first - off, g.span));
