@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from mtl_ops.models import Medusa
 from mtl_ops.nn import MedusaHead, MultiScaleAttentionHead, SharedFeatureAttention
 
-CHANNELS = [8, 16, 32, 64]
+CHANNELS = [4, 8, 8, 16]
 OPTIONS = {
     "default": {},
     "channel-mask": dict(sfa_mask="channel"),
