@@ -154,3 +154,15 @@ def test_network_forward_and_parameter_accounting(head, shape):
     assert net.frozen_parameters() > 0
     plain = sum(p.numel() for p in ResNetBackbone(10, width=8).parameters())
     assert net.frozen_parameters() + learnable > plain
+
+
+def test_module_linear_fast_path_matches_the_fused_op():
+    prims = ("dw_conv", "dilated_dw_conv", "noise", "avg_pool", ("shift", 1, -1))
+    general = ETRNLPConv(6, 8, 2, primitives=prims, stride=2, seed=3)
+    fast = ETRNLPConv(6, 8, 2, primitives=prims, stride=2, seed=3, linear_fast_path=True)
+    fast.load_state_dict(general.state_dict())
+    x = torch.randn(4, 6, 11, 9, dtype=torch.float64)
+    general.double(), fast.double()
+    assert_close(fast.routed(x), general.routed(x).detach(), torch.float64, "reduction")
+    with pytest.raises(ValueError, match=r"linear_fast_path needs linear primitives only"):
+        ETRNLPConv(6, 8, 2, linear_fast_path=True)  # the default set has a max pool

@@ -233,3 +233,22 @@ def test_direct_backward_checks_grad_out():
 @pytest.mark.parametrize("prims, stride", [("all", 1), ("all", 2), ("default5", 2), ("dense_conv_dilated", 1)])
 def test_parity_cuda(backend, dtype, prims, stride):
     check_against_reference(backend, dtype, prims=prims, stride=stride, device="cuda", H=11, W=13)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", backend_params(OP, "cuda"))
+@pytest.mark.parametrize("case", [dict(T=2, B=1, C=4, H=6, W=5, C_sh=4, C_sp=0, groups=1),
+                                  dict(T=3, B=2, C=6, H=33, W=35, C_sh=3, C_sp=2, groups=3, stride=2)], ids=str)
+def test_parity_cuda_shapes(backend, case):
+    check_against_reference(backend, torch.float32, prims="all", device="cuda", **case)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", backend_params(OP, "cuda"))
+def test_opcheck_cuda(backend):
+    forward, backward = _ops(backend)
+    args, kwargs = make_case(prims="all", T=2, B=1, C=2, H=5, W=6, C_sh=2, C_sp=1, groups=1, stride=2, device="cuda")
+    full = (*args, kwargs["stride"], kwargs["groups"])
+    torch.library.opcheck(forward, full)
+    y = forward(*full)
+    torch.library.opcheck(backward, (torch.randn_like(y), *full))

@@ -98,7 +98,7 @@ __global__ void input_grad_kernel(const V* dy, const V* xn, const V* fz, Meta me
   const int64_t i = pix / d.Wo, j = pix % d.Wo, t = n / d.B, g = c / d.cpg, cl = c % d.cpg;
   const int64_t centre = (i * d.stride + d.P) * d.Wp + (j * d.stride + d.P);
   const V* dyn = dy + n * Cout * HWo + pix;
-  for (int p = 0; p < d.k; ++p) {
+  for (int p = 0; p < d.k && d.Csh > 0; ++p) {  // no shared channels: nothing reaches the primitives
     V gp = V(0);
     for (int64_t o = g * d.opg; o < (g + 1) * d.opg; ++o) gp += wsh[(o * d.cpg + cl) * d.k + p] * dyn[o * HWo];
     const int kind = meta.kind(p), a = meta.a(p), b = meta.b(p);

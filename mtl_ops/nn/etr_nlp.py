@@ -14,7 +14,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..ops import routed_primitive_gather
+from ..ops import routed_primitive_gather, routed_primitive_gather_linear
+from ..reference.primitive_kinds import LINEAR_KINDS
 from .etr_nlp_primitives import DEFAULT_PRIMITIVES, make_frozen, parse_primitive
 from .task_batchnorm import TaskBatchNorm2d
 
@@ -35,13 +36,16 @@ class ETRNLPConv(nn.Module):
             impossible when C_sh < C_in). Must divide C_in and C_sh.
         seed: of the frozen primitives (buffers, saved in state_dict, never trained).
         backend: passed to the op (None: the fastest available).
+        linear_fast_path: when every primitive is linear (no max_pool), run the exact effective-kernel path
+            (``routed_primitive_gather_linear``: one conv with K_eff for the shared branch) instead of the
+            fused op. Raises ValueError at construction if a primitive is not linear.
 
     ``forward(x)``: x (T·B, C_in, H, W) -> (T·B, C_out, H', W').
     """
 
     def __init__(self, in_channels: int, out_channels: int, tasks: int | Sequence[str], sharing_ratio: float = 0.9,
                  primitives: Sequence = DEFAULT_PRIMITIVES, stride: int = 1, groups: int | None = None,
-                 seed: int = 0, backend: str | None = None):
+                 seed: int = 0, backend: str | None = None, linear_fast_path: bool = False):
         super().__init__()
         self.num_tasks = tasks if isinstance(tasks, int) else len(tasks)
         if self.num_tasks < 1:
@@ -65,6 +69,9 @@ class ETRNLPConv(nn.Module):
         self.shared_channels, self.task_channels = c_sh, out_channels - c_sh
         self.sharing_ratio, self.backend = sharing_ratio, backend
         self.kinds = [s[0] for s in spec]
+        if linear_fast_path and not set(self.kinds) <= LINEAR_KINDS:
+            raise ValueError("ETRNLPConv: linear_fast_path needs linear primitives only; max_pool is not linear")
+        self.linear_fast_path = linear_fast_path
         self.params = [v for s in spec for v in s[1:]]
         gen = torch.Generator().manual_seed(seed)
         for p, (kind, _, _) in enumerate(spec):
@@ -97,6 +104,10 @@ class ETRNLPConv(nn.Module):
         """The block before its BatchNorm: the op's output."""
         dt = x.dtype
         frozen = [f.to(dt) if f.is_floating_point() else f for f in self.frozen]
+        if self.linear_fast_path:
+            return routed_primitive_gather_linear(x, self.kinds, self.params, frozen, self.w_shared.to(dt),
+                                                  self.b_shared.to(dt), self.w_task.to(dt), self.b_task.to(dt),
+                                                  stride=self.stride, groups=self.groups)
         return routed_primitive_gather(x, self.kinds, self.params, frozen, self.w_shared.to(dt), self.b_shared.to(dt),
                                        self.w_task.to(dt), self.b_task.to(dt), stride=self.stride,
                                        groups=self.groups, backend=self.backend)
