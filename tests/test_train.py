@@ -12,7 +12,7 @@ from mtl_ops.utils.png import read_png_header
 from train_helpers import one_thread, TASKS, tiny_config
 
 
-@pytest.mark.parametrize("method", ["single_task", "shared", "adashare", "pdf"])
+@pytest.mark.parametrize("method", ["single_task", "shared", "adashare", "pdf", "ctal", "medusa", "etr_nlp"])
 def test_loss_falls(method):
     trainer = Trainer(tiny_config(method=method, n_train=8, lr=5e-3, tasks=("semseg", "depth", "normals")))
     batch = trainer.to_device(next(iter(trainer.loader(trainer.train_set, shuffle=False))))
@@ -28,7 +28,7 @@ def test_loss_falls(method):
 
 
 def test_builtin_methods_registered():
-    assert {"single_task", "shared", "adashare", "pdf"} <= set(available_methods())
+    assert {"single_task", "shared", "adashare", "pdf", "ctal", "medusa", "etr_nlp"} <= set(available_methods())
 
 
 def test_register_method_contract_and_learnable_parameters_hook():
@@ -226,3 +226,13 @@ def test_amp_bf16_on_cpu_trains():
     with trainer.autocast():
         out = trainer.wrapper(trainer.val_set[0]["image"][None])
     assert out["semseg"].dtype == torch.bfloat16
+
+
+def test_ctal_image_size_is_kept_in_the_checkpoint(tmp_path):
+    # CTAL's fusion weights are tied to the feature grid: the trainer records the image size in the config,
+    # so a checkpoint rebuilds the same network.
+    trainer = Trainer(tiny_config(method="ctal", tasks=("semseg", "depth"), n_train=8, n_val=4, out_dir=str(tmp_path)))
+    trainer.fit()
+    model, config, _ = load_trained(tmp_path / "last.pt")
+    assert config.method_options["image_size"] == [32, 40]
+    assert model(torch.randn(1, 3, 32, 40))["depth"].shape == (1, 1, 32, 40)

@@ -16,7 +16,7 @@ class TrainConfig:
     tasks: Tuple[str, ...] = ("semseg", "depth", "normals", "edges")
     dataset: str = "synthetic"
     data_root: Optional[str] = None          # nyuv2 / cityscapes: the .npy layout's root folder
-    size: Optional[Tuple[int, int]] = None   # image size (H, W): synthetic default 64x85; nyuv2/cityscapes:
+    size: Optional[Tuple[int, int]] = None   # image size (H, W): synthetic default 64x84 (divisible by 4, as CTAL needs); nyuv2/cityscapes:
                                              # the stored size (default: the dataset's standard size)
     n_train: int = 512                       # synthetic: training images
     n_val: int = 128                         # synthetic: validation images

@@ -28,7 +28,7 @@ DEMO_SCHEDULES = {
     "pdf": {"threshold": 0.5, "cka_images": 64, "max_fusions": 1},
 }
 #: the demo's data and budget (sized for ~8 minutes on a shared 2-core CPU)
-DEMO_DEFAULTS = {"n_train": 384, "n_val": 96, "epochs": 3, "size": (64, 85), "backbone": "resnet18", "width": 16,
+DEMO_DEFAULTS = {"n_train": 384, "n_val": 96, "epochs": 3, "size": (64, 84), "backbone": "resnet18", "width": 16,
                  "batch_size": 16}
 DEMO_ORDER = ("single_task", "shared")
 

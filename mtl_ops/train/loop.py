@@ -40,7 +40,7 @@ def build_datasets(config: TrainConfig):
     return train, val, train.num_classes
 
 
-SYNTHETIC_SIZE = (64, 85)
+SYNTHETIC_SIZE = (64, 84)
 
 
 def hflip_batch(batch: Dict[str, torch.Tensor], flip: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -96,6 +96,9 @@ class Trainer:
         self.channels = task_channels(self.tasks, self.num_classes)
         self.method = get_method(config.method)
         torch.manual_seed(config.seed)
+        if self.method.needs_image_size and "image_size" not in config.method_options:
+            # kept in the config (and so in checkpoints): the network is tied to this size
+            config.method_options["image_size"] = list(train_set[0]["image"].shape[-2:])
         options = {"width": config.width, **config.method_options}
         core = build_model(config.method, self.channels, config.backbone, **options)
         mean, std = depth_statistics(train_set) if "depth" in self.tasks else (0.0, 1.0)

@@ -18,7 +18,7 @@ Contract for a method's network (what ``register_method`` expects from ``build_f
   (``train_epoch``, ``evaluate``, ``save``).
 
 Built in: ``single_task`` (one network per task), ``shared`` (hard parameter sharing), ``adashare``,
-``pdf``. CTAL, Medusa and ETR-NLP register themselves the same way when their networks land.
+``pdf``, ``ctal``, ``medusa``, ``etr_nlp`` (the last three through mtl_ops/train/method_adapters.py).
 """
 from __future__ import annotations
 
@@ -39,13 +39,15 @@ class MethodSpec:
     schedule: Optional[Callable] = None
     deep_supervision: bool = False
     description: str = ""
+    needs_image_size: bool = False  # the builder takes image_size=(H, W) (CTAL's fusion is tied to it)
 
 
 _METHODS: Dict[str, MethodSpec] = {}
 
 
 def register_method(name: str, build_fn: Callable[..., nn.Module], *, schedule: Optional[Callable] = None,
-                    deep_supervision: bool = False, description: str = "", overwrite: bool = False) -> MethodSpec:
+                    deep_supervision: bool = False, description: str = "", overwrite: bool = False,
+                    needs_image_size: bool = False) -> MethodSpec:
     """Register ``build_fn`` under ``name`` (see the module docstring for the contract)."""
     if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"register_method: name must be a word (letters, digits, '_', '-'), got {name!r}")
@@ -53,7 +55,7 @@ def register_method(name: str, build_fn: Callable[..., nn.Module], *, schedule: 
         raise ValueError(f"register_method: build_fn must be callable, got {build_fn!r}")
     if name in _METHODS and not overwrite:
         raise ValueError(f"register_method: method {name!r} is already registered (pass overwrite=True)")
-    spec = MethodSpec(name, build_fn, schedule, deep_supervision, description)
+    spec = MethodSpec(name, build_fn, schedule, deep_supervision, description, needs_image_size)
     _METHODS[name] = spec
     return spec
 
@@ -95,3 +97,11 @@ def _register_builtins() -> None:
                     description="AdaShare: warm-up, policy learning, re-training of a sampled policy")
     register_method("pdf", PDFNet, schedule=pdf_schedule,
                     description="Progressive Decoder Fusion: CKA-guided decoder fusion, stage by stage")
+    from .method_adapters import build_ctal, build_etr_nlp, build_medusa
+
+    register_method("ctal", build_ctal, deep_supervision=True, needs_image_size=True,
+                    description="EMA-Net CTAL: cross-task affinity on fused ctal_affinity, deep supervision")
+    register_method("medusa", build_medusa, deep_supervision=True,
+                    description="Medusa: shared feature attention + multi-scale attention heads per task")
+    register_method("etr_nlp", build_etr_nlp,
+                    description="ETR-NLP: frozen primitives, shared and per-task routed branches")

@@ -42,7 +42,7 @@ def write_report(out_dir, results: Dict, trainers: Dict, val_set, num_classes: i
     baseline = methods.get("single_task", {}).get("metrics")
     lines = ["# mtl-ops demo report", "",
              f"Synthetic scenes, {results['config']['n_train']} training / {results['config']['n_val']} validation "
-             f"images at {'x'.join(map(str, results['config']['size'] or (64, 85)))}; backbone "
+             f"images at {'x'.join(map(str, results['config']['size'] or (64, 84)))}; backbone "
              f"{results['config']['backbone']} (width {results['config']['width']}), {results['config']['epochs']} "
              f"epochs per training run, batch {results['config']['batch_size']}, seed {results['config']['seed']}. "
              f"Wall time of the whole demo: {results['wall_seconds']:.0f} s.", "",
