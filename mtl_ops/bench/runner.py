@@ -48,9 +48,15 @@ def _sync(device: torch.device) -> None:
 
 
 def time_call(call: Callable, device: torch.device, warmup: int = 2, min_repeats: int = 5,
-              min_seconds: float = 0.5) -> float:
-    """Median seconds of ``call`` over at least ``min_repeats`` runs and ``min_seconds`` in all."""
-    for _ in range(warmup):
+              min_seconds: float = 0.5, slow_call_seconds: float = 2.0) -> float:
+    """Median seconds of ``call`` over at least ``min_repeats`` runs and ``min_seconds`` in all. A call that
+    takes longer than ``slow_call_seconds`` (a reference materialising N x N matrices, say) gets one warm-up
+    and two timed runs: its run-to-run noise is small next to its length."""
+    t0 = time.perf_counter()
+    call()
+    if time.perf_counter() - t0 > slow_call_seconds:
+        warmup, min_repeats = 0, min(min_repeats, 2)
+    for _ in range(warmup - 1):
         call()
     times = []
     start = time.perf_counter()
