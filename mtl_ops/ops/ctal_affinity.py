@@ -19,7 +19,7 @@ import torch
 
 from .. import reference
 from ..backends import register_op, select_backend
-from ._registration import compiled_op
+from ._registration import kernel_table
 
 OP = "ctal_affinity"
 register_op(OP, ("reference", "cpp", "cuda", "triton"))
@@ -124,15 +124,8 @@ def _register_autograd(forward_op, backward_op) -> None:
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
 
 
-_KERNELS = {"triton": (_triton_forward._opoverload, _triton_backward._opoverload)}
-_compiled = (compiled_op("ctal_affinity_forward"), compiled_op("ctal_affinity_backward"))
-if _compiled[0] is not None:
-    _KERNELS["cpp"] = _KERNELS["cuda"] = _compiled  # one operator; the dispatcher picks CPU or CUDA
-
-for _fwd, _bwd in {v for v in _KERNELS.values()}:
-    torch.library.register_fake(_fwd)(_forward_fake)
-    torch.library.register_fake(_bwd)(_backward_fake)
-    _register_autograd(_fwd, _bwd)
+_KERNELS = kernel_table("ctal_affinity", _triton_forward, _triton_backward, _forward_fake,
+                        _backward_fake, _register_autograd)
 
 
 class CTALAffinityFunction(torch.autograd.Function):

@@ -14,7 +14,7 @@ import torch
 from .. import reference
 from ..backends import register_op, select_backend
 from ._layout import task_major_pair
-from ._registration import compiled_op, register_recompute_autograd
+from ._registration import kernel_table
 
 OP = "gated_residual"
 register_op(OP, ("reference", "cpp", "cuda", "triton"))
@@ -71,15 +71,8 @@ def _triton_backward(grad_out: torch.Tensor, residual: torch.Tensor, branch: tor
     return load("gated_residual").backward(grad_out, residual, branch, gates)
 
 
-_KERNELS = {"triton": (_triton_forward._opoverload, _triton_backward._opoverload)}
-_compiled = (compiled_op("gated_residual_forward"), compiled_op("gated_residual_backward"))
-if _compiled[0] is not None:
-    _KERNELS["cpp"] = _KERNELS["cuda"] = _compiled  # one operator; the dispatcher picks CPU or CUDA
-
-for _fwd, _bwd in {v for v in _KERNELS.values()}:
-    torch.library.register_fake(_fwd)(_forward_fake)
-    torch.library.register_fake(_bwd)(_backward_fake)
-    register_recompute_autograd(_fwd, _bwd)
+_KERNELS = kernel_table("gated_residual", _triton_forward, _triton_backward, _forward_fake,
+                        _backward_fake)
 
 
 class GatedResidualFunction(torch.autograd.Function):

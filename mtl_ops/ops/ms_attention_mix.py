@@ -19,7 +19,7 @@ import torch
 
 from .. import reference
 from ..backends import register_op, select_backend
-from ._registration import compiled_op
+from ._registration import kernel_table
 
 OP = "ms_attention_mix"
 MAX_SCALES = 8  # csrc/common/ms_attention_mix_args.h kMaxScales
@@ -116,15 +116,8 @@ def _register_autograd(forward_op, backward_op) -> None:
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
 
 
-_KERNELS = {"triton": (_triton_forward._opoverload, _triton_backward._opoverload)}
-_compiled = (compiled_op("ms_attention_mix_forward"), compiled_op("ms_attention_mix_backward"))
-if _compiled[0] is not None:
-    _KERNELS["cpp"] = _KERNELS["cuda"] = _compiled  # one operator; the dispatcher picks CPU or CUDA
-
-for _fwd, _bwd in {v for v in _KERNELS.values()}:
-    torch.library.register_fake(_fwd)(_forward_fake)
-    torch.library.register_fake(_bwd)(_backward_fake)
-    _register_autograd(_fwd, _bwd)
+_KERNELS = kernel_table("ms_attention_mix", _triton_forward, _triton_backward, _forward_fake,
+                        _backward_fake, _register_autograd)
 
 
 class MsAttentionMixFunction(torch.autograd.Function):

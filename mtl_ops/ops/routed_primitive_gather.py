@@ -20,7 +20,7 @@ import torch
 from .. import reference
 from ..backends import register_op, select_backend
 from ..reference.primitive_kinds import DENSE_CONV, DW_CONV, KIND_NAMES, NOISE, output_size
-from ._registration import compiled_op
+from ._registration import kernel_table
 
 OP = "routed_primitive_gather"
 register_op(OP, ("reference", "cpp", "cuda", "triton"))
@@ -148,15 +148,8 @@ def _register_autograd(forward_op, backward_op) -> None:
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
 
 
-_KERNELS = {"triton": (_triton_forward._opoverload, _triton_backward._opoverload)}
-_compiled = (compiled_op("routed_primitive_gather_forward"), compiled_op("routed_primitive_gather_backward"))
-if _compiled[0] is not None:
-    _KERNELS["cpp"] = _KERNELS["cuda"] = _compiled  # one operator; the dispatcher picks CPU or CUDA
-
-for _fwd, _bwd in {v for v in _KERNELS.values()}:
-    torch.library.register_fake(_fwd)(_forward_fake)
-    torch.library.register_fake(_bwd)(_backward_fake)
-    _register_autograd(_fwd, _bwd)
+_KERNELS = kernel_table("routed_primitive_gather", _triton_forward, _triton_backward, _forward_fake,
+                        _backward_fake, _register_autograd)
 
 
 class RoutedPrimitiveGatherFunction(torch.autograd.Function):

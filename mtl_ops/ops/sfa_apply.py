@@ -12,7 +12,7 @@ import torch
 
 from .. import reference
 from ..backends import register_op, select_backend
-from ._registration import compiled_op, register_recompute_autograd
+from ._registration import kernel_table
 
 OP = "sfa_apply"
 register_op(OP, ("reference", "cpp", "cuda", "triton"))
@@ -67,15 +67,8 @@ def _triton_backward(grad_out: torch.Tensor, features: torch.Tensor,
     return load("sfa_apply").backward(grad_out, features, mask_logits)
 
 
-_KERNELS = {"triton": (_triton_forward._opoverload, _triton_backward._opoverload)}
-_compiled = (compiled_op("sfa_apply_forward"), compiled_op("sfa_apply_backward"))
-if _compiled[0] is not None:
-    _KERNELS["cpp"] = _KERNELS["cuda"] = _compiled  # one operator; the dispatcher picks CPU or CUDA
-
-for _fwd, _bwd in {v for v in _KERNELS.values()}:
-    torch.library.register_fake(_fwd)(_forward_fake)
-    torch.library.register_fake(_bwd)(_backward_fake)
-    register_recompute_autograd(_fwd, _bwd)
+_KERNELS = kernel_table("sfa_apply", _triton_forward, _triton_backward, _forward_fake,
+                        _backward_fake)
 
 
 class SfaApplyFunction(torch.autograd.Function):
