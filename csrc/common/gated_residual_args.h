@@ -3,6 +3,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include "accumulate_type.h"
+
 namespace mtl_ops {
 
 inline void check_gated_residual_args(const at::Tensor& residual, const at::Tensor& branch,
@@ -25,9 +27,13 @@ inline void check_gated_residual_args(const at::Tensor& residual, const at::Tens
               branch.device(), " and ", gates.device());
 }
 
-// The accumulation dtype: fp64 for fp64 inputs, fp32 otherwise.
-inline at::ScalarType accumulate_type_of(at::ScalarType dt) {
-  return dt == at::kDouble ? at::kDouble : at::kFloat;
+// The backward's extra argument: grad_out must match residual.
+inline void check_gated_residual_backward_args(const at::Tensor& grad_out, const at::Tensor& residual,
+                                               const at::Tensor& branch, const at::Tensor& gates) {
+  check_gated_residual_args(residual, branch, gates);
+  TORCH_CHECK(grad_out.sizes() == residual.sizes() && grad_out.scalar_type() == residual.scalar_type() &&
+                  grad_out.device() == residual.device(),
+              "gated_residual_backward: grad_out must match residual in shape, dtype and device");
 }
 
 }  // namespace mtl_ops

@@ -3,6 +3,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include "accumulate_type.h"
+
 namespace mtl_ops {
 
 constexpr int64_t kMaxScales = 8;
@@ -36,6 +38,26 @@ inline void check_ms_attention_mix_args(at::TensorList values, at::TensorList lo
                 "ms_attention_mix: all tensors must be on one device (", v0.device(), "), got values[", s, "] on ",
                 v.device(), " and logits[", s, "] on ", l.device());
   }
+}
+
+// The backward's checks: the forward's, plus grad_out (B, K, H, W) and lse (B, H, W) in the accumulation dtype.
+inline void check_ms_attention_mix_backward_args(const at::Tensor& grad_out, at::TensorList values_in,
+                                                 at::TensorList logits_in, const at::Tensor& lse_in) {
+  TORCH_CHECK(grad_out.dim() == 4, "ms_attention_mix_backward: grad_out must be 4-d (B, K, H, W), got ",
+              grad_out.sizes());
+  check_ms_attention_mix_args(values_in, logits_in, {grad_out.size(2), grad_out.size(3)});
+  const int64_t B = values_in[0].size(0), K = values_in[0].size(1);
+  const int64_t H = grad_out.size(2), W = grad_out.size(3);
+  const auto dt = values_in[0].scalar_type();
+  const auto acc_dt = accumulate_type_of(dt);
+  TORCH_CHECK(grad_out.size(0) == B && grad_out.size(1) == K && grad_out.scalar_type() == dt &&
+                  grad_out.device() == values_in[0].device(),
+              "ms_attention_mix_backward: grad_out must match the output (B, K, H, W) = (", B, ", ", K,
+              ", H, W) in ", dt, ", got ", grad_out.sizes(), " ", grad_out.scalar_type());
+  TORCH_CHECK(lse_in.dim() == 3 && lse_in.size(0) == B && lse_in.size(1) == H && lse_in.size(2) == W &&
+                  lse_in.scalar_type() == acc_dt && lse_in.device() == values_in[0].device(),
+              "ms_attention_mix_backward: lse must be (B, H, W) = (", B, ", ", H, ", ", W, ") in ", acc_dt, ", got ",
+              lse_in.sizes(), " ", lse_in.scalar_type());
 }
 
 }  // namespace mtl_ops

@@ -19,7 +19,7 @@
 #include <limits>
 
 #include "../common/bilinear.h"
-#include "../common/gated_residual_args.h"  // accumulate_type_of
+#include "../common/accumulate_type.h"
 #include "../common/ms_attention_mix_args.h"
 
 namespace mtl_ops::cpu {
@@ -149,22 +149,12 @@ std::tuple<at::Tensor, at::Tensor> ms_attention_mix_forward(at::TensorList value
 
 std::vector<at::Tensor> ms_attention_mix_backward(const at::Tensor& grad_out, at::TensorList values_in,
                                                   at::TensorList logits_in, const at::Tensor& lse_in) {
-  TORCH_CHECK(grad_out.dim() == 4, "ms_attention_mix_backward: grad_out must be 4-d (B, K, H, W), got ",
-              grad_out.sizes());
-  check_ms_attention_mix_args(values_in, logits_in, {grad_out.size(2), grad_out.size(3)});
+  check_ms_attention_mix_backward_args(grad_out, values_in, logits_in, lse_in);
   check_cpu(values_in[0]);
   const int64_t S = values_in.size(), B = values_in[0].size(0), K = values_in[0].size(1);
   const int64_t H = grad_out.size(2), W = grad_out.size(3);
   const auto dt = values_in[0].scalar_type();
   const auto acc_dt = accumulate_type_of(dt);
-  TORCH_CHECK(grad_out.size(0) == B && grad_out.size(1) == K && grad_out.scalar_type() == dt &&
-                  grad_out.device() == values_in[0].device(),
-              "ms_attention_mix_backward: grad_out must match the output (B, K, H, W) = (", B, ", ", K,
-              ", H, W) in ", dt, ", got ", grad_out.sizes(), " ", grad_out.scalar_type());
-  TORCH_CHECK(lse_in.dim() == 3 && lse_in.size(0) == B && lse_in.size(1) == H && lse_in.size(2) == W &&
-                  lse_in.scalar_type() == acc_dt && lse_in.device() == values_in[0].device(),
-              "ms_attention_mix_backward: lse must be (B, H, W) = (", B, ", ", H, ", ", W, ") in ", acc_dt, ", got ",
-              lse_in.sizes(), " ", lse_in.scalar_type());
   const auto values = contiguous_all(values_in);
   const auto logits = contiguous_all(logits_in);
   const auto g = grad_out.contiguous();

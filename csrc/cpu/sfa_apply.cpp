@@ -14,7 +14,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "../common/gated_residual_args.h"  // accumulate_type_of
+#include "../common/accumulate_type.h"
 #include "../common/sfa_apply_args.h"
 #include "../common/sigmoid.h"
 

@@ -94,11 +94,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gated_residual_backward(const at:
                                                                        const at::Tensor& residual,
                                                                        const at::Tensor& branch,
                                                                        const at::Tensor& gates) {
-  check_gated_residual_args(residual, branch, gates);
+  check_gated_residual_backward_args(grad_out, residual, branch, gates);
   check_cuda(residual);
-  TORCH_CHECK(grad_out.sizes() == residual.sizes() && grad_out.scalar_type() == residual.scalar_type() &&
-                  grad_out.device() == residual.device(),
-              "gated_residual_backward: grad_out must match residual in shape, dtype and device");
   const c10::cuda::CUDAGuard guard(residual.device());
   auto [r, b] = task_major_pair(residual, branch);
   const auto dy = with_layout_of(grad_out, r);
