@@ -24,4 +24,21 @@ def find_provider(op: str, device: torch.device, name: str):
     pytest.skip(f"{name} does not run {op} on {device.type} here")
 
 
-__all__ = ["DEVICE_DTYPES", "MODES", "provider_names", "find_provider"]
+def run_op_benchmark(benchmark, op: str, bench_size: str, device: str, dtype: torch.dtype, mode: str,
+                     provider: str) -> None:
+    """The body every per-op suite shares: one provider of ``op`` in ``mode``, warmed up (which compiles
+    the compile(reference) provider), with its peak memory in ``extra_info``."""
+    from mtl_ops.bench import peak_memory_bytes
+    from mtl_ops.bench.runner import make_call
+
+    device = torch.device(device)
+    case = CASES[op]
+    call = make_call(find_provider(op, device, provider).fn, case.make_inputs(case.sizes[bench_size], device, dtype),
+                     mode)
+    call()
+    benchmark.group = f"{op} {mode} {device.type} {dtype}"
+    benchmark.extra_info.update(shape=case.label(bench_size), peak_mem_bytes=peak_memory_bytes(call, device))
+    benchmark(call)
+
+
+__all__ = ["DEVICE_DTYPES", "MODES", "provider_names", "find_provider", "run_op_benchmark"]

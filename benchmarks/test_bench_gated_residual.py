@@ -4,11 +4,7 @@ Target (issue #2): CPU, T=3 B=8 C=64 72x96 fp32, fwd+bwd: cpp >= 1.5x the refere
 as torch.compile(reference). Compare rows of one run: `pytest benchmarks --benchmark-group-by=param:mode`.
 """
 import pytest
-import torch
-from bench_params import DEVICE_DTYPES, MODES, find_provider, provider_names
-
-from mtl_ops.bench import CASES, peak_memory_bytes
-from mtl_ops.bench.runner import make_call
+from bench_params import DEVICE_DTYPES, MODES, provider_names, run_op_benchmark
 
 OP = "gated_residual"
 
@@ -17,11 +13,4 @@ OP = "gated_residual"
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("provider", provider_names(OP))
 def test_gated_residual(benchmark, bench_size, device, dtype, mode, provider):
-    device = torch.device(device)
-    case = CASES[OP]
-    call = make_call(find_provider(OP, device, provider).fn, case.make_inputs(case.sizes[bench_size], device, dtype),
-                     mode)
-    call()  # warm-up (compiles the compile(reference) provider)
-    benchmark.group = f"{OP} {mode} {device.type} {dtype}"
-    benchmark.extra_info.update(shape=case.label(bench_size), peak_mem_bytes=peak_memory_bytes(call, device))
-    benchmark(call)
+    run_op_benchmark(benchmark, OP, bench_size, device, dtype, mode, provider)

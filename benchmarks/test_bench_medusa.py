@@ -7,11 +7,7 @@ Targets (issue #4), CPU fp32 forward+backward:
 Compare rows of one run: `pytest benchmarks/test_bench_medusa.py --benchmark-group-by=group`.
 """
 import pytest
-import torch
-from bench_params import DEVICE_DTYPES, MODES, find_provider, provider_names
-
-from mtl_ops.bench import CASES, peak_memory_bytes
-from mtl_ops.bench.runner import make_call
+from bench_params import DEVICE_DTYPES, MODES, provider_names, run_op_benchmark
 
 
 @pytest.mark.parametrize("op", ["ms_attention_mix", "sfa_apply"])
@@ -19,11 +15,4 @@ from mtl_ops.bench.runner import make_call
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("provider", provider_names("ms_attention_mix"))
 def test_medusa_op(benchmark, bench_size, op, device, dtype, mode, provider):
-    device = torch.device(device)
-    case = CASES[op]
-    call = make_call(find_provider(op, device, provider).fn, case.make_inputs(case.sizes[bench_size], device, dtype),
-                     mode)
-    call()  # warm-up (compiles the compile(reference) provider)
-    benchmark.group = f"{op} {mode} {device.type} {dtype}"
-    benchmark.extra_info.update(shape=case.label(bench_size), peak_mem_bytes=peak_memory_bytes(call, device))
-    benchmark(call)
+    run_op_benchmark(benchmark, op, bench_size, device, dtype, mode, provider)
