@@ -89,9 +89,9 @@ def _cmd_train(args) -> int:
         trainer = Trainer(config)
         if args.resume:
             trainer.resume(args.resume)
+        metrics = trainer.fit()  # schedules check their options before training (clear errors, no traceback)
     except (ValueError, FileNotFoundError) as e:
         return _fail("train", e)
-    metrics = trainer.fit()
     if trainer.dist.is_main:
         print(json.dumps({"method": config.method, "learnable_parameters": trainer.learnable_parameters(),
                           "val": metrics}, indent=2))
@@ -198,7 +198,8 @@ def _add_train_arguments(p) -> None:
     p.add_argument("--weighting", help="fixed or uncertainty")
     p.add_argument("--loss-weights", help='JSON, e.g. \'{"depth": 2}\'')
     p.add_argument("--method-options", help="JSON passed to the network builder")
-    p.add_argument("--schedule-options", help="JSON for AdaShare phases / PDF schedule")
+    p.add_argument("--schedule-options",
+                   help="JSON for AdaShare phases / PDF schedule / Medusa's UFL protocol ('{\"held_out\": \"normals\"}')")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--amp", action="store_true", help="automatic mixed precision")
     p.add_argument("--no-augment", action="store_true")

@@ -25,7 +25,7 @@ class TrainConfig:
     backbone: str = "resnet18"
     width: int = 16
     method_options: Dict = field(default_factory=dict)     # passed to the network builder
-    schedule_options: Dict = field(default_factory=dict)   # AdaShare phases / PDF schedule (see their modules)
+    schedule_options: Dict = field(default_factory=dict)   # AdaShare phases / PDF schedule / Medusa UFL (see their modules)
     epochs: int = 4
     batch_size: int = 16                     # per process under torchrun
     lr: float = 2e-3

@@ -239,8 +239,8 @@ class Trainer:
         self.history.append(row)
         if self.logger is not None:
             self.logger.append(row)
-        if not self.config.quiet and self.dist.is_main:
-            losses = row.get("train_loss", {})
+        if not self.config.quiet and self.dist.is_main and "train_loss" in row:  # a report row prints itself
+            losses = row["train_loss"]
             text = " ".join(f"{k}={v:.4f}" for k, v in losses.items())
             print(f"[{self.config.method}] {row.get('phase', 'train')} epoch {row.get('epoch')}: {text}", flush=True)
 
@@ -261,7 +261,7 @@ class Trainer:
         if state["config"]["method"] != self.config.method:
             raise ValueError(f"resume: checkpoint {path} is for method {state['config']['method']!r}, "
                              f"not {self.config.method!r}")
-        if self.method.schedule is not None:
+        if self.schedule is not None:
             raise ValueError(f"resume: method {self.config.method!r} has a multi-phase schedule; resuming is "
                              "supported for epoch-based methods only (load the weights with `mtl-ops eval`)")
         self.wrapper.load_state_dict(state["model"])
@@ -274,13 +274,35 @@ class Trainer:
         return state
 
     # ------------------------------------------------------------------ training
+    @property
+    def schedule(self) -> Optional[Callable]:
+        """The method's schedule if it runs for this config (see ``MethodSpec.schedule_when``), else None."""
+        spec = self.method
+        if spec.schedule is None or (spec.schedule_when is not None and not spec.schedule_when(self.config)):
+            return None
+        return spec.schedule
+
+    @contextlib.contextmanager
+    def restrict_tasks(self, tasks):
+        """Inside the block, losses and evaluation cover only ``tasks`` (a subset of the configured ones), e.g.
+        while a schedule trains a network that lacks some heads."""
+        tasks = list(tasks)
+        unknown = [t for t in tasks if t not in self.config.tasks]
+        if not tasks or unknown:
+            raise ValueError(f"restrict_tasks: expected a non-empty subset of {list(self.config.tasks)}, got {tasks}")
+        saved, self.tasks = self.tasks, tasks
+        try:
+            yield
+        finally:
+            self.tasks = saved
+
     def fit(self) -> Dict[str, Dict]:
         """Train with the method's schedule (or plain epochs) and return the final validation metrics."""
-        if self.method.schedule is not None:
+        if self.schedule is not None:
             if self.dist.enabled:
                 raise ValueError(f"method {self.config.method!r}: its multi-phase schedule runs in one process; "
                                  "run it without torchrun")
-            self.method.schedule(self)
+            self.schedule(self)
         else:
             self.wrap_ddp()
             self.train_epochs(self.config.epochs)
