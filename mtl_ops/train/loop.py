@@ -21,6 +21,7 @@ from .log import MetricsLog
 from .methods import build_model, count_learnable_parameters, get_method
 from .normalize import TargetNormalized, depth_statistics
 from .progress import Progress
+from .scale_crop import training_view
 from .tasks import make_task_metrics, task_channels, task_losses, update_metric
 from .weighting import make_weighting
 
@@ -71,7 +72,9 @@ class Trainer:
 
     ``fit()`` runs the method's schedule (the registered one, else plain epochs) and returns the final
     validation metrics ``{task: {metric: value}}``. Building blocks for schedules: :meth:`train_epoch`,
-    :meth:`evaluate`, :meth:`make_optimizer`, :meth:`save`, :meth:`log`.
+    :meth:`evaluate`, :meth:`make_optimizer`, :meth:`save`, :meth:`log`, :meth:`restrict_tasks`.
+    Training steps read :attr:`train_view` (the training set with the scale crop when it is on, see
+    mtl_ops/train/scale_crop.py); :attr:`train_set` stays unaugmented for measurements.
     """
 
     def __init__(self, config: TrainConfig, train_set: Optional[Dataset] = None,
@@ -92,6 +95,7 @@ class Trainer:
             if num_classes is None:
                 raise ValueError("Trainer: num_classes is needed when the dataset has no num_classes attribute")
         self.train_set, self.val_set, self.num_classes = train_set, val_set, int(num_classes)
+        self.train_view = training_view(train_set, config)  # what training steps read (scale crop)
         self.tasks = list(config.tasks)
         self.channels = task_channels(self.tasks, self.num_classes)
         self.method = get_method(config.method)
@@ -185,7 +189,7 @@ class Trainer:
         optimizer = optimizer or self.optimizer
         torch.manual_seed(cfg.seed * 1000 + epoch)
         flip_gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch + 1)
-        loader = self.loader(dataset or self.train_set, epoch, True, indices)
+        loader = self.loader(dataset or self.train_view, epoch, True, indices)
         steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
         if steps == 0:
             raise ValueError(f"training set too small: {len(loader.dataset)} samples for batch_size {cfg.batch_size}")
