@@ -56,7 +56,7 @@ def _train_config(args):
     data = TrainConfig.from_json(args.config).to_dict() if getattr(args, "config", None) else {}
     for name in ("method", "tasks", "dataset", "data_root", "size", "n_train", "n_val", "backbone", "width", "epochs",
                  "batch_size", "lr", "weighting", "device", "seed", "num_workers", "num_threads", "out_dir", "cache_dir",
-                 "max_steps_per_epoch"):
+                 "max_steps_per_epoch", "scale_crop", "crop_scales"):
         value = getattr(args, name, None)
         if value is not None:
             data[name] = list(value) if isinstance(value, list) else value
@@ -89,9 +89,9 @@ def _cmd_train(args) -> int:
         trainer = Trainer(config)
         if args.resume:
             trainer.resume(args.resume)
+        metrics = trainer.fit()  # schedules check their options before training (clear errors, no traceback)
     except (ValueError, FileNotFoundError) as e:
         return _fail("train", e)
-    metrics = trainer.fit()
     if trainer.dist.is_main:
         print(json.dumps({"method": config.method, "learnable_parameters": trainer.learnable_parameters(),
                           "val": metrics}, indent=2))
@@ -198,10 +198,14 @@ def _add_train_arguments(p) -> None:
     p.add_argument("--weighting", help="fixed or uncertainty")
     p.add_argument("--loss-weights", help='JSON, e.g. \'{"depth": 2}\'')
     p.add_argument("--method-options", help="JSON passed to the network builder")
-    p.add_argument("--schedule-options", help="JSON for AdaShare phases / PDF schedule")
+    p.add_argument("--schedule-options",
+                   help="JSON for AdaShare phases / PDF schedule / Medusa's UFL protocol ('{\"held_out\": \"normals\"}')")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--amp", action="store_true", help="automatic mixed precision")
-    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--no-augment", action="store_true", help="no random flip (and no scale crop unless --scale-crop)")
+    p.add_argument("--scale-crop", action=argparse.BooleanOptionalAction, default=None,
+                   help="random scale crop of training samples (default: on for nyuv2/cityscapes, off for synthetic)")
+    p.add_argument("--crop-scales", type=float, nargs="+", metavar="S", help="zoom factors >= 1 (default 1.0 1.2 1.5)")
     p.add_argument("--seed", type=int)
     p.add_argument("--num-workers", type=int)
     p.add_argument("--num-threads", type=int, help="torch CPU threads (default: 1 when the machine is busy)")

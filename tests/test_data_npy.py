@@ -138,6 +138,19 @@ def test_random_scale_crop_keeps_shapes_and_consistency(nyu_root):
     assert torch.equal(sample["valid"], sample["depth"] > 0)
 
 
+def test_augmented_view_without_flip(nyu_root):
+    root, _ = nyu_root
+    plain = NYUv2(root, size=SMALL)
+    view = plain.augmented(scales=(1.0,), flip_prob=0.0)
+    assert view.augment and not plain.augment and view.indices is plain.indices  # no second scan
+    for seed in range(8):  # scale 1 and no flip: the samples as stored
+        torch.manual_seed(seed)
+        sample, reference = view[1], plain[1]
+        assert all(torch.equal(sample[k], reference[k]) for k in reference)
+    always = plain.augmented(scales=(1.0,), flip_prob=1.0)
+    assert torch.equal(always[1]["image"], plain[1]["image"].flip(-1))
+
+
 # ---- errors ---------------------------------------------------------------------------------------
 
 def test_missing_root(tmp_path):
@@ -218,6 +231,8 @@ def test_wrong_default_size_is_reported(nyu_root):
     ({"split": "test"}, "split"),
     ({"tasks": ("semseg", "flow")}, "tasks"),
     ({"scales": (0.5, 1.0)}, "scales"),
+    ({"scales": "1.5"}, "scales"),
+    ({"flip_prob": 1.5}, r"flip_prob: expected a probability in \[0, 1\], got 1.5"),
 ])
 def test_bad_arguments(nyu_root, kwargs, match):
     root, _ = nyu_root

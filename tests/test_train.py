@@ -45,6 +45,8 @@ def test_register_method_contract_and_learnable_parameters_hook():
         register_method("counted_test", Counted)
     with pytest.raises(ValueError, match="build_fn must be callable"):
         register_method("x_test", 3)
+    with pytest.raises(ValueError, match="schedule_when must be a callable and needs a schedule"):
+        register_method("x_test", Counted, schedule_when=lambda config: True)
 
 
 def test_deep_supervision_adds_aux_losses():

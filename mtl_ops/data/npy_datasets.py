@@ -14,12 +14,16 @@ float32 (num_classes,), derived multi-hot of the classes present.
 
 ``augment=True`` applies MTAN's training augmentation: a random scale crop with a scale drawn from
 ``scales`` (pass ``scales=(1.0,)`` to disable it; depth is divided by the scale) and a random horizontal
-flip that negates the normals' x component. Edges and attributes are derived after augmentation.
+flip with probability ``flip_prob`` that negates the normals' x component (``flip_prob=0`` when the caller
+flips itself, as the trainer does). Edges and attributes are derived after augmentation.
+:meth:`~NpyMultiTaskDataset.augmented` gives an augmenting view of a dataset without scanning it again.
 """
 from __future__ import annotations
 
+import copy
+import numbers
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -48,7 +52,8 @@ class NpyMultiTaskDataset(Dataset):
 
     def __init__(self, root: Union[str, Path], split: str = "train", tasks: Optional[Sequence[str]] = None,
                  augment: bool = False, scales: Sequence[float] = (1.0, 1.2, 1.5),
-                 size: Optional[Tuple[int, int]] = None, edge_rel_jump: Optional[float] = None):
+                 size: Optional[Tuple[int, int]] = None, edge_rel_jump: Optional[float] = None,
+                 flip_prob: float = 0.5):
         name = type(self).__name__
         tasks = self.default_tasks if tasks is None else tuple(tasks)
         allowed = self.stored_tasks + ("edges", "attributes")
@@ -56,16 +61,21 @@ class NpyMultiTaskDataset(Dataset):
             raise ValueError(f"tasks: {name} provides {allowed}, got {tasks!r}")
         if split not in ("train", "val"):
             raise ValueError(f"split: expected 'train' or 'val', got {split!r}")
-        if not scales or any(float(s) < 1.0 for s in scales):
-            raise ValueError(f"scales: expected a non-empty sequence of scales >= 1, got {scales!r}")
         self.size = tuple(size) if size is not None else self.default_size
         self.tasks, self.split, self.augment = tasks, split, augment
-        self.scales = tuple(float(s) for s in scales)
+        self.scales, self.flip_prob = _check_augmentation(scales, flip_prob)
         self.edge_rel_jump = edge_rel_jump
         self.num_classes = len(self.classes)
         self.root = Path(root)
         self.folders = self._needed_folders()
         self.indices = self._scan()
+
+    def augmented(self, scales: Sequence[float] = (1.0, 1.2, 1.5), flip_prob: float = 0.5) -> "NpyMultiTaskDataset":
+        """A copy of this dataset (same files, no new scan) that applies the training augmentation."""
+        view = copy.copy(self)
+        view.augment = True
+        view.scales, view.flip_prob = _check_augmentation(scales, flip_prob)
+        return view
 
     def _needed_folders(self) -> List[str]:
         folders = ["image"]
@@ -147,7 +157,7 @@ class NpyMultiTaskDataset(Dataset):
         if "normal" in self.folders:
             sample["normals"] = channels_first(self._load("normal", file_index))
         if self.augment:
-            sample = random_flip_scale_crop(sample, self.scales)
+            sample = random_flip_scale_crop(sample, self.scales, self.flip_prob)
         return self._finish(sample)
 
     def _finish(self, sample: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -169,6 +179,15 @@ class NpyMultiTaskDataset(Dataset):
         if "attributes" in self.tasks:
             out["attributes"] = class_presence(sample["semseg"], self.num_classes)
         return out
+
+
+def _check_augmentation(scales, flip_prob) -> Tuple[Tuple[float, ...], float]:
+    values = tuple(scales) if isinstance(scales, Iterable) and not isinstance(scales, (str, bytes)) else ()
+    if not values or any(isinstance(s, bool) or not isinstance(s, numbers.Real) or s < 1.0 for s in values):
+        raise ValueError(f"scales: expected a non-empty sequence of scales >= 1, got {scales!r}")
+    if isinstance(flip_prob, bool) or not isinstance(flip_prob, numbers.Real) or not 0.0 <= flip_prob <= 1.0:
+        raise ValueError(f"flip_prob: expected a probability in [0, 1], got {flip_prob!r}")
+    return tuple(float(s) for s in values), float(flip_prob)
 
 
 class NYUv2(NpyMultiTaskDataset):

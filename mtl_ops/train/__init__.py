@@ -1,5 +1,5 @@
 """Training: the trainer, methods by name, losses and weighting, checkpoints, AdaShare phases, PDF schedule,
-the demo and its report."""
+Medusa's UFL protocol, the demo and its report."""
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .loop import Trainer, build_datasets

@@ -25,7 +25,7 @@ class TrainConfig:
     backbone: str = "resnet18"
     width: int = 16
     method_options: Dict = field(default_factory=dict)     # passed to the network builder
-    schedule_options: Dict = field(default_factory=dict)   # AdaShare phases / PDF schedule (see their modules)
+    schedule_options: Dict = field(default_factory=dict)   # AdaShare phases / PDF schedule / Medusa UFL (see their modules)
     epochs: int = 4
     batch_size: int = 16                     # per process under torchrun
     lr: float = 2e-3
@@ -34,6 +34,9 @@ class TrainConfig:
     loss_weights: Dict[str, float] = field(default_factory=dict)
     aux_weight: float = 0.5                  # deep supervision: weight of the auxiliary losses
     augment: bool = True                     # random horizontal flip (normals' x negated)
+    scale_crop: Optional[bool] = None        # the .npy loaders' random scale crop of training samples; None: on
+                                             # with augment for nyuv2/cityscapes (synthetic has none); never in eval
+    crop_scales: Tuple[float, ...] = (1.0, 1.2, 1.5)  # zoom factors the scale crop draws from (MTAN's)
     amp: bool = False                        # autocast: bf16 on CPU, fp16 (with loss scaling) on CUDA
     device: str = "auto"
     seed: int = 0
@@ -47,6 +50,8 @@ class TrainConfig:
     def __post_init__(self):
         self.tasks = tuple(self.tasks)
         self.size = tuple(self.size) if self.size is not None else None
+        if isinstance(self.crop_scales, list):  # from JSON
+            self.crop_scales = tuple(self.crop_scales)
         self.validate()
 
     def validate(self) -> None:
@@ -93,6 +98,15 @@ class TrainConfig:
             raise ValueError(f"config.schedule_options: expected a dict, got {self.schedule_options!r}")
         if not isinstance(self.method_options, dict):
             raise ValueError(f"config.method_options: expected a dict, got {self.method_options!r}")
+        if self.scale_crop is not None and not isinstance(self.scale_crop, bool):
+            raise ValueError(f"config.scale_crop: expected true, false or null (auto), got {self.scale_crop!r}")
+        if self.scale_crop and self.dataset == "synthetic":
+            raise ValueError("config.scale_crop: expected false or null (auto) for dataset 'synthetic' (the synthetic "
+                             "scenes have no scale-crop augmentation; nyuv2 and cityscapes have), got True")
+        if not isinstance(self.crop_scales, tuple) or not self.crop_scales or any(
+                isinstance(s, bool) or not isinstance(s, (int, float)) or s < 1 for s in self.crop_scales):
+            raise ValueError(f"config.crop_scales: expected a non-empty list of zoom factors >= 1, "
+                             f"got {self.crop_scales!r}")
         if self.device not in DEVICES:
             raise ValueError(f"config.device: expected one of {DEVICES}, got {self.device!r}")
 
@@ -100,6 +114,7 @@ class TrainConfig:
         d = asdict(self)
         d["tasks"] = list(self.tasks)
         d["size"] = list(self.size) if self.size is not None else None
+        d["crop_scales"] = list(self.crop_scales)
         return d
 
     @classmethod

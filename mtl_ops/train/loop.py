@@ -21,6 +21,7 @@ from .log import MetricsLog
 from .methods import build_model, count_learnable_parameters, get_method
 from .normalize import TargetNormalized, depth_statistics
 from .progress import Progress
+from .scale_crop import training_view
 from .tasks import make_task_metrics, task_channels, task_losses, update_metric
 from .weighting import make_weighting
 
@@ -71,7 +72,9 @@ class Trainer:
 
     ``fit()`` runs the method's schedule (the registered one, else plain epochs) and returns the final
     validation metrics ``{task: {metric: value}}``. Building blocks for schedules: :meth:`train_epoch`,
-    :meth:`evaluate`, :meth:`make_optimizer`, :meth:`save`, :meth:`log`.
+    :meth:`evaluate`, :meth:`make_optimizer`, :meth:`save`, :meth:`log`, :meth:`restrict_tasks`.
+    Training steps read :attr:`train_view` (the training set with the scale crop when it is on, see
+    mtl_ops/train/scale_crop.py); :attr:`train_set` stays unaugmented for measurements.
     """
 
     def __init__(self, config: TrainConfig, train_set: Optional[Dataset] = None,
@@ -92,6 +95,7 @@ class Trainer:
             if num_classes is None:
                 raise ValueError("Trainer: num_classes is needed when the dataset has no num_classes attribute")
         self.train_set, self.val_set, self.num_classes = train_set, val_set, int(num_classes)
+        self.train_view = training_view(train_set, config)  # what training steps read (scale crop)
         self.tasks = list(config.tasks)
         self.channels = task_channels(self.tasks, self.num_classes)
         self.method = get_method(config.method)
@@ -185,7 +189,7 @@ class Trainer:
         optimizer = optimizer or self.optimizer
         torch.manual_seed(cfg.seed * 1000 + epoch)
         flip_gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch + 1)
-        loader = self.loader(dataset or self.train_set, epoch, True, indices)
+        loader = self.loader(dataset or self.train_view, epoch, True, indices)
         steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
         if steps == 0:
             raise ValueError(f"training set too small: {len(loader.dataset)} samples for batch_size {cfg.batch_size}")
@@ -239,8 +243,8 @@ class Trainer:
         self.history.append(row)
         if self.logger is not None:
             self.logger.append(row)
-        if not self.config.quiet and self.dist.is_main:
-            losses = row.get("train_loss", {})
+        if not self.config.quiet and self.dist.is_main and "train_loss" in row:  # a report row prints itself
+            losses = row["train_loss"]
             text = " ".join(f"{k}={v:.4f}" for k, v in losses.items())
             print(f"[{self.config.method}] {row.get('phase', 'train')} epoch {row.get('epoch')}: {text}", flush=True)
 
@@ -261,7 +265,7 @@ class Trainer:
         if state["config"]["method"] != self.config.method:
             raise ValueError(f"resume: checkpoint {path} is for method {state['config']['method']!r}, "
                              f"not {self.config.method!r}")
-        if self.method.schedule is not None:
+        if self.schedule is not None:
             raise ValueError(f"resume: method {self.config.method!r} has a multi-phase schedule; resuming is "
                              "supported for epoch-based methods only (load the weights with `mtl-ops eval`)")
         self.wrapper.load_state_dict(state["model"])
@@ -274,13 +278,35 @@ class Trainer:
         return state
 
     # ------------------------------------------------------------------ training
+    @property
+    def schedule(self) -> Optional[Callable]:
+        """The method's schedule if it runs for this config (see ``MethodSpec.schedule_when``), else None."""
+        spec = self.method
+        if spec.schedule is None or (spec.schedule_when is not None and not spec.schedule_when(self.config)):
+            return None
+        return spec.schedule
+
+    @contextlib.contextmanager
+    def restrict_tasks(self, tasks):
+        """Inside the block, losses and evaluation cover only ``tasks`` (a subset of the configured ones), e.g.
+        while a schedule trains a network that lacks some heads."""
+        tasks = list(tasks)
+        unknown = [t for t in tasks if t not in self.config.tasks]
+        if not tasks or unknown:
+            raise ValueError(f"restrict_tasks: expected a non-empty subset of {list(self.config.tasks)}, got {tasks}")
+        saved, self.tasks = self.tasks, tasks
+        try:
+            yield
+        finally:
+            self.tasks = saved
+
     def fit(self) -> Dict[str, Dict]:
         """Train with the method's schedule (or plain epochs) and return the final validation metrics."""
-        if self.method.schedule is not None:
+        if self.schedule is not None:
             if self.dist.enabled:
                 raise ValueError(f"method {self.config.method!r}: its multi-phase schedule runs in one process; "
                                  "run it without torchrun")
-            self.method.schedule(self)
+            self.schedule(self)
         else:
             self.wrap_ddp()
             self.train_epochs(self.config.epochs)

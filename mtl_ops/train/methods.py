@@ -15,7 +15,9 @@ Contract for a method's network (what ``register_method`` expects from ``build_f
   (e.g. ETR-NLP, whose primitives are not learnable), else it counts parameters with ``requires_grad``.
 * a method with its own procedure (AdaShare's phases, PDF's schedule, Medusa's UFL protocol) registers a
   ``schedule(trainer) -> model`` that drives training through the :class:`~mtl_ops.train.Trainer` API
-  (``train_epoch``, ``evaluate``, ``save``).
+  (``train_epoch``, ``evaluate``, ``save``). A schedule that is optional for its method also registers
+  ``schedule_when(config) -> bool``: when it returns False the method trains in plain epochs (resumable,
+  DDP-capable) — Medusa trains jointly unless ``schedule_options`` ask for UFL.
 
 Built in: ``single_task`` (one network per task), ``shared`` (hard parameter sharing), ``adashare``,
 ``pdf``, ``ctal``, ``medusa``, ``etr_nlp`` (the last three through mtl_ops/train/method_adapters.py).
@@ -40,6 +42,7 @@ class MethodSpec:
     deep_supervision: bool = False
     description: str = ""
     needs_image_size: bool = False  # the builder takes image_size=(H, W) (CTAL's fusion is tied to it)
+    schedule_when: Optional[Callable] = None  # config -> bool: whether ``schedule`` runs; None: always
 
 
 _METHODS: Dict[str, MethodSpec] = {}
@@ -47,15 +50,18 @@ _METHODS: Dict[str, MethodSpec] = {}
 
 def register_method(name: str, build_fn: Callable[..., nn.Module], *, schedule: Optional[Callable] = None,
                     deep_supervision: bool = False, description: str = "", overwrite: bool = False,
-                    needs_image_size: bool = False) -> MethodSpec:
+                    needs_image_size: bool = False, schedule_when: Optional[Callable] = None) -> MethodSpec:
     """Register ``build_fn`` under ``name`` (see the module docstring for the contract)."""
     if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"register_method: name must be a word (letters, digits, '_', '-'), got {name!r}")
     if not callable(build_fn):
         raise ValueError(f"register_method: build_fn must be callable, got {build_fn!r}")
+    if schedule_when is not None and (schedule is None or not callable(schedule_when)):
+        raise ValueError(f"register_method: schedule_when must be a callable and needs a schedule, got "
+                         f"schedule_when={schedule_when!r}, schedule={schedule!r}")
     if name in _METHODS and not overwrite:
         raise ValueError(f"register_method: method {name!r} is already registered (pass overwrite=True)")
-    spec = MethodSpec(name, build_fn, schedule, deep_supervision, description, needs_image_size)
+    spec = MethodSpec(name, build_fn, schedule, deep_supervision, description, needs_image_size, schedule_when)
     _METHODS[name] = spec
     return spec
 
@@ -89,6 +95,7 @@ def count_learnable_parameters(model: nn.Module) -> int:
 
 def _register_builtins() -> None:
     from .adashare_phases import adashare_schedule
+    from .medusa_ufl import ufl_requested, ufl_schedule
     from .pdf_schedule import pdf_schedule
 
     register_method("single_task", SingleTaskNets, description="one independent network per task")
@@ -101,7 +108,8 @@ def _register_builtins() -> None:
 
     register_method("ctal", build_ctal, deep_supervision=True, needs_image_size=True,
                     description="EMA-Net CTAL: cross-task affinity on fused ctal_affinity, deep supervision")
-    register_method("medusa", build_medusa, deep_supervision=True,
-                    description="Medusa: shared feature attention + multi-scale attention heads per task")
+    register_method("medusa", build_medusa, deep_supervision=True, schedule=ufl_schedule, schedule_when=ufl_requested,
+                    description="Medusa: shared feature attention + multi-scale attention heads per task "
+                                "(UFL protocol with schedule_options)")
     register_method("etr_nlp", build_etr_nlp,
                     description="ETR-NLP: frozen primitives, shared and per-task routed branches")
