@@ -38,4 +38,7 @@ TORCH_LIBRARY(mtl_ops, m) {
       "routed_primitive_gather_backward(Tensor grad_out, Tensor x, int[] kinds, int[] params, Tensor[] frozen,"
       " Tensor w_shared, Tensor b_shared, Tensor w_task, Tensor b_task, int stride, int groups)"
       " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // PDF all-pairs linear CKA: features (T, n, d); returns (T, T) (float64 for float64 input, else float32).
+  // Forward only (task similarity is measured, never differentiated).
+  m.def("cka_forward(Tensor features, bool debiased) -> Tensor");
 }

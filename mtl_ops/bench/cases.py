@@ -27,6 +27,7 @@ class BenchCase:
     target: str = ""  # the speed/memory target, as stated in the issue
     notes: dict = field(default_factory=dict)
     extra_providers: dict = field(default_factory=dict)  # other baselines: name -> fn(*inputs)
+    modes: tuple = ("fwd", "fwd+bwd")  # forward-only ops (cka) have no backward to time
 
     def label(self, size: str) -> str:
         return " ".join(f"{k}={v}" for k, v in self.sizes[size].items())
@@ -191,4 +192,24 @@ CASES["routed_primitive_gather"] = BenchCase(
     fused_fn=lambda backend: _rpg_call(lambda *a, **k: ops.routed_primitive_gather(*a, backend=backend, **k)),
     target="CPU fp32 fwd+bwd at full size (5 primitives): fused >= 2x reference and >= torch.compile(reference); "
            "peak memory <= 1/3 of the reference's",
+)
+
+
+# ---- cka (PDF): all-pairs debiased linear CKA of pooled decoder features, forward only ----
+def _cka_inputs(size: dict, device: torch.device, dtype: torch.dtype):
+    g = torch.Generator().manual_seed(0)
+    # pooled ReLU features: non-negative with a per-feature mean, correlated across tasks
+    common = torch.randn(1, size["n"], size["d"], generator=g)
+    own = torch.randn(size["T"], size["n"], size["d"], generator=g)
+    return ((0.5 * common + own).relu().to(device, dtype),)
+
+
+CASES["cka"] = BenchCase(
+    op="cka",
+    sizes={"full": dict(T=5, n=800, d=2048), "quick": dict(T=3, n=40, d=16)},
+    make_inputs=_cka_inputs,
+    reference_fn=lambda x: reference.cka(x, debiased=True),
+    fused_fn=lambda backend: (lambda x: ops.cka(x, debiased=True, backend=backend)),
+    target="CPU fp32, T=5 n=800 d=2048 (debiased): fused >= 2x reference",
+    modes=("fwd",),
 )

@@ -15,3 +15,6 @@ __all__ += ["routed_primitive_gather"]
 from .rpg_effective_kernel import routed_primitive_gather_linear
 
 __all__ += ["routed_primitive_gather_linear"]
+from .cka import cka
+
+__all__ += ["cka"]

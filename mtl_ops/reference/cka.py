@@ -5,7 +5,7 @@ Spec: /work/shared/spec/medusa_pdf_adashare.md §2.4. Linear kernel, computed in
 """
 import torch
 
-__all__ = ["cka"]
+__all__ = ["cka", "check_args"]
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -35,21 +35,8 @@ def _centre_debiased(gram: torch.Tensor) -> torch.Tensor:
     return k.masked_fill(eye, 0.0)
 
 
-def cka(features: torch.Tensor, *, debiased: bool = True) -> torch.Tensor:
-    """All-pairs linear CKA between ``T`` feature sets.
-
-    Args:
-        features: (T, n, d) floating tensor: for each of T tasks, n samples (the same inputs, in the same
-            order, for every task) of d features each (PDF: the spatially pooled output of a decoder stage).
-        debiased: use the debiased (unbiased) HSIC estimator (Song et al.; Kornblith et al.'s form, the one
-            PDF uses; needs n > 3). ``False`` gives the classic biased estimator ``K̃ = H K H`` (needs n ≥ 2).
-
-    Returns:
-        (T, T) symmetric matrix, float64 for float64 input and float32 otherwise (Gram matrices and the
-        reductions accumulate in that dtype whatever the input precision). Pairs where a Gram matrix has zero
-        centred norm (constant features) are undefined (0/0); as in the PDF code, an undefined diagonal entry
-        is set to 1 and an undefined off-diagonal entry to 0.
-    """
+def check_args(features, debiased: bool) -> None:
+    """The argument checks of every cka backend (csrc/common/cka_args.h says the same in C++)."""
     if not isinstance(features, torch.Tensor):
         raise TypeError(f"cka: features must be a torch.Tensor, got {type(features).__name__}")
     if features.dim() != 3:
@@ -67,6 +54,24 @@ def cka(features: torch.Tensor, *, debiased: bool = True) -> torch.Tensor:
     if not debiased and n < 2:
         raise ValueError(f"cka: features must have at least 2 samples (n ≥ 2) for the biased estimator, got n={n}")
 
+
+def cka(features: torch.Tensor, *, debiased: bool = True) -> torch.Tensor:
+    """All-pairs linear CKA between ``T`` feature sets.
+
+    Args:
+        features: (T, n, d) floating tensor: for each of T tasks, n samples (the same inputs, in the same
+            order, for every task) of d features each (PDF: the spatially pooled output of a decoder stage).
+        debiased: use the debiased (unbiased) HSIC estimator (Song et al.; Kornblith et al.'s form, the one
+            PDF uses; needs n > 3). ``False`` gives the classic biased estimator ``K̃ = H K H`` (needs n ≥ 2).
+
+    Returns:
+        (T, T) symmetric matrix, float64 for float64 input and float32 otherwise (Gram matrices and the
+        reductions accumulate in that dtype whatever the input precision). Pairs where a Gram matrix has zero
+        centred norm (constant features) are undefined (0/0); as in the PDF code, an undefined diagonal entry
+        is set to 1 and an undefined off-diagonal entry to 0. NaN in the features gives NaN.
+    """
+    check_args(features, debiased)
+    num_tasks, n, _ = features.shape
     x = features.to(_accumulation_dtype(features.dtype))
     gram = x @ x.transpose(-1, -2)                                     # (T, n, n)
     centred = _centre_debiased(gram) if debiased else _centre_biased(gram)
@@ -74,9 +79,10 @@ def cka(features: torch.Tensor, *, debiased: bool = True) -> torch.Tensor:
     hsic = flat @ flat.transpose(0, 1)                                 # (T, T): ⟨K̃_t, K̃_u⟩_F
     norms = hsic.diagonal().clamp_min(0).sqrt()
     result = hsic / (norms.unsqueeze(1) * norms.unsqueeze(0))
-    undefined = torch.isnan(result)
-    if bool(undefined.any()):
-        eye = torch.eye(num_tasks, dtype=torch.bool, device=result.device)
-        result = torch.where(undefined & eye, torch.ones_like(result), result)
-        result = torch.where(undefined & ~eye, torch.zeros_like(result), result)
-    return result
+    # 0/0 where a task's centred Gram has no norm (constant features): 1 on the diagonal, 0 off it. NaN inputs
+    # still give NaN (their norm is NaN, not 0).
+    zero = norms == 0
+    undefined = zero.unsqueeze(1) | zero.unsqueeze(0)
+    eye = torch.eye(num_tasks, dtype=torch.bool, device=result.device)
+    result = torch.where(undefined & eye, torch.ones_like(result), result)
+    return torch.where(undefined & ~eye, torch.zeros_like(result), result)

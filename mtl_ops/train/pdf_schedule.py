@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..nn.pdf_grouping import group_tasks
-from ..reference import cka as reference_cka
+from ..ops import cka
 from ..utils.colormap import heatmap
 from ..utils.png import write_png
 
@@ -30,9 +30,9 @@ OPTIONS = ("threshold", "cka_images", "step_epochs", "max_fusions", "from_scratc
 
 
 def task_similarity(features: torch.Tensor) -> torch.Tensor:
-    """(T, T) debiased linear CKA of (T, n, d) features. The one place the CKA implementation is chosen
-    (``mtl_ops.reference.cka`` until a fused ``mtl_ops.ops.cka`` exists)."""
-    return reference_cka(features, debiased=True)
+    """(T, T) debiased linear CKA of (T, n, d) features: :func:`mtl_ops.ops.cka` on the fastest backend for
+    the features' device (``MTL_OPS_BACKEND`` overrides it, as for every op)."""
+    return cka(features.detach(), debiased=True)
 
 
 @torch.no_grad()

@@ -1,0 +1,55 @@
+"""cka: all-pairs linear CKA between T feature sets (PDF's inter-task similarity), forward only.
+
+Operator ``mtl_ops::cka_forward`` (C++; CPU and CUDA, one ATen definition in csrc/common/cka_gram_strips.h).
+The fused backends compute the upper-triangle row strips of the T Gram matrices (about half the reference's
+Gram FLOPs) and reduce each strip to the T×T inner products at once, so no n×n Gram matrix is ever held; both
+centrings are then exact algebra on those inner products, the Gram diagonals and row sums.
+
+Why the features may be centred first: CKA depends on the features only through centred Grams. Translating
+every sample by c turns ``K_ij`` into ``K_ij + a_i + a_j + |c|²`` (``a_i = x_i·c``); H·H removes such terms, and
+so does the debiased centring (its U-statistic is unchanged by them off the diagonal), so both estimators are
+translation invariant — tests/test_cka.py checks it against the reference.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import reference
+from ..backends import register_op, select_backend
+from ..reference.cka import check_args
+from ._registration import compiled_op
+
+OP = "cka"
+register_op(OP, ("reference", "cpp", "cuda"))
+
+_FUSED = compiled_op("cka_forward")
+if _FUSED is not None:
+    @torch.library.register_fake("mtl_ops::cka_forward")
+    def _forward_fake(features, debiased):
+        dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
+        return features.new_empty((features.shape[0], features.shape[0]), dtype=dtype)
+
+
+def cka(features: torch.Tensor, *, debiased: bool = True, backend: str | None = None) -> torch.Tensor:
+    """All-pairs linear CKA (see :func:`mtl_ops.reference.cka` for the definition and conventions).
+
+    Args:
+        features: (T, n, d) floating tensor, any strides: n samples (the same inputs for every task) of d
+            features for each of T tasks.
+        debiased: the debiased HSIC estimator (PDF's; n > 3) or the biased one (n ≥ 2).
+        backend: None (fastest available for the device; ``MTL_OPS_BACKEND`` overrides), "reference", "cpp"
+            or "cuda".
+
+    Returns:
+        (T, T) symmetric, float64 for float64 input and float32 otherwise (GEMMs in that dtype, the T×T
+        reductions and the centring algebra in float64). Forward only: the fused backends refuse features
+        that require grad while grad mode is on (use ``backend="reference"`` to differentiate CKA).
+    """
+    check_args(features, debiased)
+    chosen = select_backend(OP, features.device, backend)
+    if chosen == "reference":
+        return reference.cka(features, debiased=debiased)
+    if features.requires_grad and torch.is_grad_enabled():
+        raise ValueError(f"cka: the {chosen} backend is forward only, but features requires grad; pass "
+                         "features.detach(), run under torch.no_grad(), or use backend='reference' to differentiate")
+    return _FUSED(features, bool(debiased))
