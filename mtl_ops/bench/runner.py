@@ -11,7 +11,7 @@ import torch
 
 from .. import __version__
 from .cases import CASES, BenchCase, providers_for
-from .memory import peak_memory_bytes
+from .memory import peak_memory_bytes, timing_malloc_mode
 
 MODES = ("fwd", "fwd+bwd")
 
@@ -52,6 +52,7 @@ def time_call(call: Callable, device: torch.device, warmup: int = 2, min_repeats
     """Median seconds of ``call`` over at least ``min_repeats`` runs and ``min_seconds`` in all. A call that
     takes longer than ``slow_call_seconds`` (a reference materialising N x N matrices, say) gets one warm-up
     and two timed runs: its run-to-run noise is small next to its length."""
+    timing_malloc_mode()
     t0 = time.perf_counter()
     call()
     if time.perf_counter() - t0 > slow_call_seconds:
