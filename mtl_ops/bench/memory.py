@@ -5,8 +5,9 @@ trimmed before each measurement: free heap chunks left by earlier calls (e.g. al
 threshold was fixed) would otherwise be reused without raising the resident set, reading as 0 bytes.
 
 The 64 KiB threshold holds only while a peak is measured: with it every large tensor costs fresh page
-faults, which would slow whatever is timed afterwards. Timing runs with glibc's threshold fixed at its
-64-bit maximum (32 MiB; :func:`timing_malloc_mode`), for every provider alike, whatever ran before."""
+faults, which would slow whatever is timed afterwards. Timing runs with the thresholds where glibc's own
+dynamic adjustment ends up in a warmed-up process (mmap 32 MiB, trim 64 MiB; :func:`timing_malloc_mode`),
+fixed so that every provider is timed under the same allocator behaviour whatever ran before it."""
 from __future__ import annotations
 
 import ctypes
@@ -16,6 +17,7 @@ from typing import Callable
 
 import torch
 
+_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _libc = None
 
@@ -45,8 +47,11 @@ def _mmap_threshold(nbytes: int) -> None:
 
 
 def timing_malloc_mode() -> None:
-    """glibc's mmap threshold at its 64-bit maximum, the same for every timed call (see the module docstring)."""
+    """glibc's mmap and trim thresholds at the maxima of its dynamic adjustment (64-bit: 32 MiB, twice that
+    for trimming), the same for every timed call (see the module docstring)."""
     _mmap_threshold(32 * 2**20)
+    if _glibc():
+        _glibc().mallopt(_M_TRIM_THRESHOLD, 64 * 2**20)
 
 
 def _trim_heap() -> None:
