@@ -75,8 +75,8 @@ def test_large_enough_for_several_work_items(backend):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_cpp_streaming_store_path(dtype):
-    # Outputs above 8 MiB are written with non-temporal stores from tiles: cover it, with a ragged tail.
+def test_cpp_large_output(dtype):
+    # An output above 8 MiB (hundreds of work items per task), with a ragged last item.
     if mtl_ops.backends.unavailable_reason("cpp", "cpu", OP):
         pytest.skip("cpp backend unavailable")
     check_against_reference("cpp", (2, 1, 1, 1, (9 << 20) // torch.finfo(dtype).bits * 8 // 2 + 77), dtype, "cpu")

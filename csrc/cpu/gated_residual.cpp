@@ -8,36 +8,27 @@
 
 #include <algorithm>
 
-
 #include "../common/gated_residual_args.h"
 #include "../common/task_major.h"
 #include "chunking.h"
-#include "streaming_store.h"
 #include "../common/gated_residual_math.h"
 
 namespace mtl_ops::cpu {
 namespace {
 
-// Each run is processed in tiles: a plain loop over restrict pointers computes a tile into an aligned stack
-// buffer (the compiler vectorises it; `omp simd` lets it reassociate the two gate-gradient sums), then the
-// tile is stored, with streaming stores when the output is too large for the cache. Half and bfloat16 are
-// widened to float element by element.
-constexpr int64_t kTile = 1024;
-
+// Each work item is one plain loop over restrict pointers that reads the inputs and writes the outputs
+// directly (the compiler vectorises it; `omp simd` lets it reassociate the two gate-gradient sums). Half and
+// bfloat16 are widened to float element by element. Outputs are written with ordinary stores: the large
+// outputs this op produces are fresh mappings whose pages the OS has just zeroed into the cache on first
+// touch, so non-temporal stores (tried before) only forced those lines out again and were slower, as was
+// staging each tile in a stack buffer.
 template <typename scalar_t, typename acc_t>
 void forward_run(const scalar_t* __restrict__ r, const scalar_t* __restrict__ b, scalar_t* __restrict__ y,
-                 int64_t n, acc_t ge, acc_t gs, bool streaming) {
-  alignas(64) scalar_t tile[kTile];
-  for (int64_t start = 0; start < n; start += kTile) {
-    const int64_t len = std::min(kTile, n - start);
-    const scalar_t* __restrict__ rt = r + start;
-    const scalar_t* __restrict__ bt = b + start;
+                 int64_t n, acc_t ge, acc_t gs) {
 #pragma omp simd
-    for (int64_t i = 0; i < len; ++i) {
-      tile[i] = static_cast<scalar_t>(
-          gated_residual_forward_value<acc_t>(static_cast<acc_t>(rt[i]), static_cast<acc_t>(bt[i]), ge, gs));
-    }
-    store_tile(y + start, tile, len * int64_t(sizeof(scalar_t)), streaming);
+  for (int64_t i = 0; i < n; ++i) {
+    y[i] = static_cast<scalar_t>(
+        gated_residual_forward_value<acc_t>(static_cast<acc_t>(r[i]), static_cast<acc_t>(b[i]), ge, gs));
   }
 }
 
@@ -45,26 +36,16 @@ void forward_run(const scalar_t* __restrict__ r, const scalar_t* __restrict__ b,
 template <typename scalar_t, typename acc_t>
 std::pair<acc_t, acc_t> backward_run(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ r,
                                      const scalar_t* __restrict__ b, scalar_t* __restrict__ dr,
-                                     scalar_t* __restrict__ db, int64_t n, acc_t ge, acc_t gs, bool streaming) {
-  alignas(64) scalar_t tile_dr[kTile];
-  alignas(64) scalar_t tile_db[kTile];
+                                     scalar_t* __restrict__ db, int64_t n, acc_t ge, acc_t gs) {
   acc_t sum_exec = 0, sum_skip = 0;
-  for (int64_t start = 0; start < n; start += kTile) {
-    const int64_t len = std::min(kTile, n - start);
-    const scalar_t* __restrict__ dyt = dy + start;
-    const scalar_t* __restrict__ rt = r + start;
-    const scalar_t* __restrict__ bt = b + start;
 #pragma omp simd reduction(+ : sum_exec, sum_skip)
-    for (int64_t i = 0; i < len; ++i) {
-      const auto g = gated_residual_backward_value<acc_t>(static_cast<acc_t>(dyt[i]), static_cast<acc_t>(rt[i]),
-                                                          static_cast<acc_t>(bt[i]), ge, gs);
-      tile_dr[i] = static_cast<scalar_t>(g.d_residual);
-      tile_db[i] = static_cast<scalar_t>(g.d_branch);
-      sum_exec += g.g_exec_term;
-      sum_skip += g.g_skip_term;
-    }
-    store_tile(dr + start, tile_dr, len * int64_t(sizeof(scalar_t)), streaming);
-    store_tile(db + start, tile_db, len * int64_t(sizeof(scalar_t)), streaming);
+  for (int64_t i = 0; i < n; ++i) {
+    const auto g = gated_residual_backward_value<acc_t>(static_cast<acc_t>(dy[i]), static_cast<acc_t>(r[i]),
+                                                        static_cast<acc_t>(b[i]), ge, gs);
+    dr[i] = static_cast<scalar_t>(g.d_residual);
+    db[i] = static_cast<scalar_t>(g.d_branch);
+    sum_exec += g.g_exec_term;
+    sum_skip += g.g_skip_term;
   }
   return {sum_exec, sum_skip};
 }
@@ -87,14 +68,11 @@ at::Tensor gated_residual_forward(const at::Tensor& residual, const at::Tensor& 
     const scalar_t* bp = b.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     const acc_t* gp = g.const_data_ptr<acc_t>();
-    const bool streaming = y.nbytes() > kStreamingThresholdBytes;
     at::parallel_for(0, T * chunks.per_task, 1, [&](int64_t begin, int64_t end) {
       for (int64_t item = begin; item < end; ++item) {
         const int64_t t = chunks.task(item), off = chunks.begin(item);
-        forward_run<scalar_t, acc_t>(rp + off, bp + off, yp + off, chunks.length(item), gp[2 * t], gp[2 * t + 1],
-                                     streaming);
+        forward_run<scalar_t, acc_t>(rp + off, bp + off, yp + off, chunks.length(item), gp[2 * t], gp[2 * t + 1]);
       }
-      streaming_fence();
     });
   });
   return y;
@@ -126,17 +104,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gated_residual_backward(const at:
     scalar_t* dbp = db.mutable_data_ptr<scalar_t>();
     const acc_t* gp = g.const_data_ptr<acc_t>();
     acc_t* pp = partials.mutable_data_ptr<acc_t>();
-    const bool streaming = 2 * dr.nbytes() > kStreamingThresholdBytes;
     at::parallel_for(0, T * chunks.per_task, 1, [&](int64_t begin, int64_t end) {
       for (int64_t item = begin; item < end; ++item) {
         const int64_t t = chunks.task(item), off = chunks.begin(item);
         const auto [s_exec, s_skip] =
             backward_run<scalar_t, acc_t>(dyp + off, rp + off, bp + off, drp + off, dbp + off, chunks.length(item),
-                                          gp[2 * t], gp[2 * t + 1], streaming);
+                                          gp[2 * t], gp[2 * t + 1]);
         pp[2 * item] = s_exec;
         pp[2 * item + 1] = s_skip;
       }
-      streaming_fence();
     });
   });
   return {dr, db, partials.sum(1).to(gates.scalar_type())};
