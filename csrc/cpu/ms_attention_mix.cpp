@@ -34,20 +34,37 @@ namespace {
 // over channels, and hence the logit gradient, do not depend on how the work is split.
 constexpr int64_t kChannelBlock = 8;
 
-// The x taps of one scale, for every output column. identity: w == W, where the taps are x itself with
-// weight 1 (the resize along x is a copy).
+// The x taps of one scale, for every output column (weights l0 = 1 - lambda and l1 = lambda), and the same
+// map transposed: for low-res column j, the (column, weight) pairs [tstart[j], tstart[j + 1]) that read it, in
+// the order x ascending, x0's tap before x1's (the transposed resize is then a gather, with no
+// read-after-write through memory). identity: w == W, where the taps are x itself with weight 1.
 template <typename acc_t>
 struct ColumnTaps {
   std::vector<int64_t> x0, x1;
-  std::vector<acc_t> lx;
+  std::vector<acc_t> l0, l1;
+  std::vector<int64_t> tstart, tcol;
+  std::vector<acc_t> tweight;
   bool identity;
-  ColumnTaps(int64_t in, int64_t W) : x0(W), x1(W), lx(W), identity(in == W) {
+  ColumnTaps(int64_t in, int64_t W) : x0(W), x1(W), l0(W), l1(W), tstart(in + 1, 0), identity(in == W) {
     const acc_t scale = bilinear_scale<acc_t>(in, W);
     for (int64_t x = 0; x < W; ++x) {
       const auto t = bilinear_tap<acc_t>(x, in, scale);
       x0[x] = t.i0;
       x1[x] = t.i1;
-      lx[x] = t.lambda;
+      l0[x] = acc_t(1) - t.lambda;
+      l1[x] = t.lambda;
+      ++tstart[t.i0 + 1];
+      ++tstart[t.i1 + 1];
+    }
+    for (int64_t j = 0; j < in; ++j) tstart[j + 1] += tstart[j];
+    tcol.resize(2 * W);
+    tweight.resize(2 * W);
+    std::vector<int64_t> fill(tstart.begin(), tstart.end() - 1);
+    for (int64_t x = 0; x < W; ++x) {
+      tcol[fill[x0[x]]] = x;
+      tweight[fill[x0[x]]++] = l0[x];
+      tcol[fill[x1[x]]] = x;
+      tweight[fill[x1[x]]++] = l1[x];
     }
   }
 };
@@ -75,12 +92,12 @@ inline void resize_x(const scalar_t* plane, const ScaleTaps<acc_t>& st, int64_t 
       for (int64_t x = 0; x < W; ++x) d[x] = static_cast<acc_t>(src[x]);
     } else {
       for (int64_t x = 0; x < W; ++x)
-        d[x] = (acc_t(1) - cx.lx[x]) * static_cast<acc_t>(src[cx.x0[x]]) + cx.lx[x] * static_cast<acc_t>(src[cx.x1[x]]);
+        d[x] = cx.l0[x] * static_cast<acc_t>(src[cx.x0[x]]) + cx.l1[x] * static_cast<acc_t>(src[cx.x1[x]]);
     }
   }
 }
 
-// plane (h x w) = src (h x W) transposed-resized along x (each column adds into the two low-res columns it read).
+// plane (h x w) = src (h x W) transposed-resized along x (each low-res column sums the columns that read it).
 template <typename acc_t>
 inline void resize_x_transposed(const acc_t* src, const ScaleTaps<acc_t>& st, int64_t W, acc_t* plane) {
   const auto& cx = st.cx;
@@ -90,10 +107,10 @@ inline void resize_x_transposed(const acc_t* src, const ScaleTaps<acc_t>& st, in
     if (cx.identity) {
       for (int64_t x = 0; x < W; ++x) d[x] = s[x];
     } else {
-      std::fill(d, d + st.w, acc_t(0));
-      for (int64_t x = 0; x < W; ++x) {
-        d[cx.x0[x]] += (acc_t(1) - cx.lx[x]) * s[x];
-        d[cx.x1[x]] += cx.lx[x] * s[x];
+      for (int64_t j = 0; j < st.w; ++j) {
+        acc_t sum = 0;
+        for (int64_t e = cx.tstart[j]; e < cx.tstart[j + 1]; ++e) sum += cx.tweight[e] * s[cx.tcol[e]];
+        d[j] = sum;
       }
     }
   }
@@ -120,7 +137,7 @@ inline void sample_row(const scalar_t* plane, const ScaleTaps<acc_t>& st, int64_
   const acc_t ly = ty.lambda;
   for (int64_t j = 0; j < st.w; ++j)
     yrow[j] = (acc_t(1) - ly) * static_cast<acc_t>(r0[j]) + ly * static_cast<acc_t>(r1[j]);
-  for (int64_t x = 0; x < W; ++x) row[x] = (acc_t(1) - cx.lx[x]) * yrow[cx.x0[x]] + cx.lx[x] * yrow[cx.x1[x]];
+  for (int64_t x = 0; x < W; ++x) row[x] = cx.l0[x] * yrow[cx.x0[x]] + cx.l1[x] * yrow[cx.x1[x]];
 }
 
 std::vector<at::Tensor> contiguous_all(at::TensorList ts) {
@@ -257,9 +274,10 @@ std::vector<at::Tensor> ms_attention_mix_backward(const at::Tensor& grad_out, at
   const auto g = grad_out.contiguous();
   const auto lse = lse_in.contiguous();
   std::vector<at::Tensor> d_values_acc, d_logits_acc;
+  // Every element of both is written below (the x transpose fills each low-res row; with B = 0 they are empty).
   for (int64_t s = 0; s < S; ++s) {
-    d_values_acc.push_back(at::zeros(values[s].sizes(), values[s].options().dtype(acc_dt)));
-    d_logits_acc.push_back(at::zeros(logits[s].sizes(), logits[s].options().dtype(acc_dt)));
+    d_values_acc.push_back(at::empty(values[s].sizes(), values[s].options().dtype(acc_dt)));
+    d_logits_acc.push_back(at::empty(logits[s].sizes(), logits[s].options().dtype(acc_dt)));
   }
   if (B > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "ms_attention_mix_backward_cpu", [&] {
