@@ -116,14 +116,16 @@ inline void resize_x_transposed(const acc_t* src, const ScaleTaps<acc_t>& st, in
   }
 }
 
-// rows (h x W) += the y transpose of the output row c at row tap ty (c's two contributions, in this order).
+// rows (h x W) += the y transpose of the output row c at row tap ty (c's two contributions, in this order; a
+// tap with lambda = 0, e.g. every row of a scale at output resolution, has only the first).
 template <typename acc_t>
 inline void scatter_y(const acc_t* c, const LinearTap<acc_t>& ty, int64_t W, acc_t* rows) {
   acc_t* r0 = rows + ty.i0 * W;
   acc_t* r1 = rows + ty.i1 * W;
   const acc_t l0 = acc_t(1) - ty.lambda, l1 = ty.lambda;
   for (int64_t x = 0; x < W; ++x) r0[x] += l0 * c[x];
-  for (int64_t x = 0; x < W; ++x) r1[x] += l1 * c[x];
+  if (l1 != acc_t(0))
+    for (int64_t x = 0; x < W; ++x) r1[x] += l1 * c[x];
 }
 
 // row[x] = bilinear sample at output row y, column x, of the (h, w) plane `plane` (used for the logits).
@@ -250,7 +252,10 @@ std::tuple<at::Tensor, at::Tensor> ms_attention_mix_forward(at::TensorList value
               const acc_t* r1 = hres.data() + (off + ty.i1) * W;
               const acc_t* ws = wts + ((bl * S + s) * H + y) * W;
               const acc_t l0 = acc_t(1) - ty.lambda, l1 = ty.lambda;
-              for (int64_t x = 0; x < W; ++x) a[x] += ws[x] * (l0 * r0[x] + l1 * r1[x]);
+              if (l1 == acc_t(0))  // the row itself (l0 = 1), e.g. at output resolution
+                for (int64_t x = 0; x < W; ++x) a[x] += ws[x] * r0[x];
+              else
+                for (int64_t x = 0; x < W; ++x) a[x] += ws[x] * (l0 * r0[x] + l1 * r1[x]);
             }
             for (int64_t x = 0; x < W; ++x) o[y * W + x] = static_cast<scalar_t>(a[x]);
           }
@@ -320,10 +325,11 @@ std::vector<at::Tensor> ms_attention_mix_backward(const at::Tensor& grad_out, at
                   const acc_t* ws = wts + ((bl * S + s) * H + y) * W;
                   acc_t* pv = part + (s * H + y) * W;
                   const acc_t l0 = acc_t(1) - ty.lambda, l1 = ty.lambda;
-                  for (int64_t x = 0; x < W; ++x) {
-                    pv[x] += gr[x] * (l0 * r0[x] + l1 * r1[x]);
-                    c[x] = ws[x] * gr[x];
-                  }
+                  if (l1 == acc_t(0))  // the row itself (l0 = 1), e.g. at output resolution
+                    for (int64_t x = 0; x < W; ++x) pv[x] += gr[x] * r0[x];
+                  else
+                    for (int64_t x = 0; x < W; ++x) pv[x] += gr[x] * (l0 * r0[x] + l1 * r1[x]);
+                  for (int64_t x = 0; x < W; ++x) c[x] = ws[x] * gr[x];
                   scatter_y<acc_t>(c.data(), ty, W, trows.data() + off * W);
                 }
               }
