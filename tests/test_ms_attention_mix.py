@@ -101,9 +101,10 @@ def test_integer_factor_matches_interpolate_exactly_on_cpp():
     torch.testing.assert_close(out, want, rtol=1e-14, atol=1e-14)
 
 
-def test_cpp_backward_does_not_depend_on_thread_count():
-    values, logits, size = make_inputs((3, 6, (24, 30), [(24, 30), (12, 15), (5, 7)]), torch.float32)
-    grad_out = torch.randn(3, 6, *size)
+@pytest.mark.parametrize("K", [6, 21], ids=["K6", "K21"])  # K21: several channel blocks of the cpp backward
+def test_cpp_backward_does_not_depend_on_thread_count(K):
+    values, logits, size = make_inputs((3, K, (24, 30), [(24, 30), (12, 15), (5, 7)]), torch.float32)
+    grad_out = torch.randn(3, K, *size)
     threads = torch.get_num_threads()
     results = []
     try:

@@ -1,12 +1,17 @@
-// CPU kernels of ms_attention_mix. Nothing is resized into memory: every output row reads the two low-res
-// rows its taps need from each scale.
-//   forward:  parallel over output rows (b, y): logits of all scales at the row -> softmax over scales (lse
-//             kept) -> for each channel, sum over scales of weight * bilinear(value).
-//   backward: pass 1 over output rows recomputes the weights (from lse) and samples and writes the logit
-//             gradient at output resolution (fp32, 1/K of the output per scale, for 2 x threads images at a time); pass 2, parallel over (b, s),
-//             walks the output rows in order and adds each row's contribution into the two low-res rows it
-//             read (transposed bilinear). Each low-res element is written by one task in a fixed order, so the
-//             result is deterministic for any sizes (integer factors or not) and any thread count.
+// CPU kernels of ms_attention_mix. The low-res maps are resized along x only (h_s x W per plane, in a per-thread
+// buffer); the y direction is then a contiguous two-row blend per output row, so every inner loop over x is a
+// plain vectorisable loop and the x taps (an indexed gather) are paid once per low-res row, not per output row.
+//   forward:  pass 1, parallel over output rows (b, y): logits of all scales at the row -> softmax over scales
+//             (weights to a workspace, lse kept). Pass 2, parallel over planes (b, k): resize each scale of the
+//             plane along x, then every output row is sum over scales of weight * y-blend.
+//   backward: pass 1 recomputes the weights (from lse). Pass 2, parallel over (b, block of kChannelBlock
+//             channels): for each channel, resize its values along x, then per output row add g * up(v) into
+//             the block's partial <g, up(v_s)> map and scatter w_s * g into the two low-res rows it read (the y
+//             transpose, rows in order), then the x transpose gives the value gradient of the plane. Pass 3,
+//             parallel over rows: sum the blocks' partial maps in block order -> logit gradient at output
+//             resolution. Pass 4, parallel over (b, s): its transposed bilinear, rows in order.
+//             Every element is written by one task in a fixed order and the channel blocks do not depend on
+//             the thread count, so the result is deterministic for any sizes and any thread count.
 #include "ms_attention_mix.h"
 
 #include <ATen/Dispatch.h>
@@ -25,49 +30,116 @@
 namespace mtl_ops::cpu {
 namespace {
 
-// The x taps of one scale, for every output column.
+// Channels per task of the backward's pass 2: fixed (not derived from the thread count), so the partial sums
+// over channels, and hence the logit gradient, do not depend on how the work is split.
+constexpr int64_t kChannelBlock = 8;
+
+// The x taps of one scale, for every output column (weights l0 = 1 - lambda and l1 = lambda), and the same
+// map transposed: for low-res column j, the (column, weight) pairs [tstart[j], tstart[j + 1]) that read it, in
+// the order x ascending, x0's tap before x1's (the transposed resize is then a gather, with no
+// read-after-write through memory). identity: w == W, where the taps are x itself with weight 1.
 template <typename acc_t>
 struct ColumnTaps {
   std::vector<int64_t> x0, x1;
-  std::vector<acc_t> lx;
-  ColumnTaps(int64_t in, int64_t W) : x0(W), x1(W), lx(W) {
+  std::vector<acc_t> l0, l1;
+  std::vector<int64_t> tstart, tcol;
+  std::vector<acc_t> tweight;
+  bool identity;
+  ColumnTaps(int64_t in, int64_t W) : x0(W), x1(W), l0(W), l1(W), tstart(in + 1, 0), identity(in == W) {
     const acc_t scale = bilinear_scale<acc_t>(in, W);
     for (int64_t x = 0; x < W; ++x) {
       const auto t = bilinear_tap<acc_t>(x, in, scale);
       x0[x] = t.i0;
       x1[x] = t.i1;
-      lx[x] = t.lambda;
+      l0[x] = acc_t(1) - t.lambda;
+      l1[x] = t.lambda;
+      ++tstart[t.i0 + 1];
+      ++tstart[t.i1 + 1];
+    }
+    for (int64_t j = 0; j < in; ++j) tstart[j + 1] += tstart[j];
+    tcol.resize(2 * W);
+    tweight.resize(2 * W);
+    std::vector<int64_t> fill(tstart.begin(), tstart.end() - 1);
+    for (int64_t x = 0; x < W; ++x) {
+      tcol[fill[x0[x]]] = x;
+      tweight[fill[x0[x]]++] = l0[x];
+      tcol[fill[x1[x]]] = x;
+      tweight[fill[x1[x]]++] = l1[x];
     }
   }
 };
 
-// row[x] = bilinear sample at output row tap `ty`, column x, of the (h, w) plane `plane`.
+// The per-scale geometry: y taps of every output row and x taps of every column.
+template <typename acc_t>
+struct ScaleTaps {
+  int64_t h, w;
+  std::vector<LinearTap<acc_t>> ty;
+  ColumnTaps<acc_t> cx;
+  ScaleTaps(int64_t h_, int64_t w_, int64_t H, int64_t W) : h(h_), w(w_), ty(H), cx(w_, W) {
+    const acc_t sy = bilinear_scale<acc_t>(h, H);
+    for (int64_t y = 0; y < H; ++y) ty[y] = bilinear_tap<acc_t>(y, h, sy);
+  }
+};
+
+// dst (h x W) = the (h x w) plane resized along x.
 template <typename scalar_t, typename acc_t>
-inline void sample_row(const scalar_t* plane, int64_t w, const LinearTap<acc_t>& ty, const ColumnTaps<acc_t>& cx,
-                       acc_t* yrow, int64_t W, acc_t* row) {
-  const scalar_t* r0 = plane + ty.i0 * w;
-  const scalar_t* r1 = plane + ty.i1 * w;
-  const acc_t ly = ty.lambda;
-  for (int64_t j = 0; j < w; ++j)
-    yrow[j] = (acc_t(1) - ly) * static_cast<acc_t>(r0[j]) + ly * static_cast<acc_t>(r1[j]);
-  for (int64_t x = 0; x < W; ++x)
-    row[x] = (acc_t(1) - cx.lx[x]) * yrow[cx.x0[x]] + cx.lx[x] * yrow[cx.x1[x]];
+inline void resize_x(const scalar_t* plane, const ScaleTaps<acc_t>& st, int64_t W, acc_t* dst) {
+  const auto& cx = st.cx;
+  for (int64_t i = 0; i < st.h; ++i) {
+    const scalar_t* src = plane + i * st.w;
+    acc_t* d = dst + i * W;
+    if (cx.identity) {
+      for (int64_t x = 0; x < W; ++x) d[x] = static_cast<acc_t>(src[x]);
+    } else {
+      for (int64_t x = 0; x < W; ++x)
+        d[x] = cx.l0[x] * static_cast<acc_t>(src[cx.x0[x]]) + cx.l1[x] * static_cast<acc_t>(src[cx.x1[x]]);
+    }
+  }
 }
 
-// Adds the transposed bilinear of one output row `c` (length W) into the two low-res rows it read.
+// plane (h x w) = src (h x W) transposed-resized along x (each low-res column sums the columns that read it).
 template <typename acc_t>
-inline void scatter_row(const acc_t* c, const LinearTap<acc_t>& ty, const ColumnTaps<acc_t>& cx, int64_t W,
-                        acc_t* tmp, int64_t w, acc_t* plane) {
-  std::fill(tmp, tmp + w, acc_t(0));
-  for (int64_t x = 0; x < W; ++x) {
-    tmp[cx.x0[x]] += (acc_t(1) - cx.lx[x]) * c[x];
-    tmp[cx.x1[x]] += cx.lx[x] * c[x];
+inline void resize_x_transposed(const acc_t* src, const ScaleTaps<acc_t>& st, int64_t W, acc_t* plane) {
+  const auto& cx = st.cx;
+  for (int64_t i = 0; i < st.h; ++i) {
+    const acc_t* s = src + i * W;
+    acc_t* d = plane + i * st.w;
+    if (cx.identity) {
+      for (int64_t x = 0; x < W; ++x) d[x] = s[x];
+    } else {
+      for (int64_t j = 0; j < st.w; ++j) {
+        acc_t sum = 0;
+        for (int64_t e = cx.tstart[j]; e < cx.tstart[j + 1]; ++e) sum += cx.tweight[e] * s[cx.tcol[e]];
+        d[j] = sum;
+      }
+    }
   }
-  acc_t* r0 = plane + ty.i0 * w;
-  acc_t* r1 = plane + ty.i1 * w;
+}
+
+// rows (h x W) += the y transpose of the output row c at row tap ty (c's two contributions, in this order; a
+// tap with lambda = 0, e.g. every row of a scale at output resolution, has only the first).
+template <typename acc_t>
+inline void scatter_y(const acc_t* c, const LinearTap<acc_t>& ty, int64_t W, acc_t* rows) {
+  acc_t* r0 = rows + ty.i0 * W;
+  acc_t* r1 = rows + ty.i1 * W;
+  const acc_t l0 = acc_t(1) - ty.lambda, l1 = ty.lambda;
+  for (int64_t x = 0; x < W; ++x) r0[x] += l0 * c[x];
+  if (l1 != acc_t(0))
+    for (int64_t x = 0; x < W; ++x) r1[x] += l1 * c[x];
+}
+
+// row[x] = bilinear sample at output row y, column x, of the (h, w) plane `plane` (used for the logits).
+template <typename scalar_t, typename acc_t>
+inline void sample_row(const scalar_t* plane, const ScaleTaps<acc_t>& st, int64_t y, acc_t* yrow, int64_t W,
+                       acc_t* row) {
+  const auto& ty = st.ty[y];
+  const auto& cx = st.cx;
+  const scalar_t* r0 = plane + ty.i0 * st.w;
+  const scalar_t* r1 = plane + ty.i1 * st.w;
   const acc_t ly = ty.lambda;
-  for (int64_t j = 0; j < w; ++j) r0[j] += (acc_t(1) - ly) * tmp[j];
-  for (int64_t j = 0; j < w; ++j) r1[j] += ly * tmp[j];
+  for (int64_t j = 0; j < st.w; ++j)
+    yrow[j] = (acc_t(1) - ly) * static_cast<acc_t>(r0[j]) + ly * static_cast<acc_t>(r1[j]);
+  for (int64_t x = 0; x < W; ++x) row[x] = cx.l0[x] * yrow[cx.x0[x]] + cx.l1[x] * yrow[cx.x1[x]];
 }
 
 std::vector<at::Tensor> contiguous_all(at::TensorList ts) {
@@ -81,6 +153,61 @@ void check_cpu(const at::Tensor& t) {
   TORCH_CHECK(t.device().is_cpu(), "ms_attention_mix (cpp backend): tensors must be on the CPU, got ", t.device());
 }
 
+template <typename acc_t>
+std::vector<ScaleTaps<acc_t>> scale_taps(const std::vector<at::Tensor>& values, int64_t H, int64_t W,
+                                         int64_t* sum_h, int64_t* max_w) {
+  std::vector<ScaleTaps<acc_t>> taps;
+  *sum_h = 0;
+  *max_w = 1;
+  for (const auto& v : values) {
+    taps.emplace_back(v.size(2), v.size(3), H, W);
+    *sum_h += v.size(2);
+    *max_w = std::max(*max_w, v.size(3));
+  }
+  return taps;
+}
+
+// Softmax weights over scales of output rows [0, nb*H) of images b0.. : wts[((b - b0) * S + s) * H + y][x].
+// With lse == nullptr they are computed from the logits and lse_out gets the log-sum-exp; otherwise they are
+// exp(logit - lse) (the backward's recomputation).
+template <typename scalar_t, typename acc_t>
+void softmax_weights(const std::vector<at::Tensor>& logits, const std::vector<ScaleTaps<acc_t>>& taps, int64_t b0,
+                     int64_t nb, int64_t H, int64_t W, int64_t max_w, const acc_t* lse, acc_t* lse_out, acc_t* wts) {
+  const int64_t S = taps.size();
+  at::parallel_for(0, nb * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> yrow(max_w);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t bl = r / H, b = b0 + bl, y = r % H;
+      for (int64_t s = 0; s < S; ++s)
+        sample_row<scalar_t, acc_t>(logits[s].const_data_ptr<scalar_t>() + b * taps[s].h * taps[s].w, taps[s], y,
+                                    yrow.data(), W, wts + ((bl * S + s) * H + y) * W);
+      auto ws = [&](int64_t s) { return wts + ((bl * S + s) * H + y) * W; };
+      if (lse != nullptr) {
+        const acc_t* l_row = lse + (b * H + y) * W;
+        for (int64_t s = 0; s < S; ++s)
+          for (int64_t x = 0; x < W; ++x) ws(s)[x] = std::exp(ws(s)[x] - l_row[x]);
+        continue;
+      }
+      for (int64_t x = 0; x < W; ++x) {
+        acc_t m = -std::numeric_limits<acc_t>::infinity();
+        for (int64_t s = 0; s < S; ++s) m = std::max(m, ws(s)[x]);
+        acc_t sum = 0;
+        for (int64_t s = 0; s < S; ++s) {
+          const acc_t e = std::exp(ws(s)[x] - m);
+          ws(s)[x] = e;
+          sum += e;
+        }
+        for (int64_t s = 0; s < S; ++s) ws(s)[x] /= sum;
+        lse_out[(b * H + y) * W + x] = m + std::log(sum);
+      }
+    }
+  });
+}
+
+// Images go through the passes in chunks of 2 x threads, so the workspaces stay small; the chunking does not
+// change any result.
+int64_t image_chunk(int64_t B) { return std::max<int64_t>(1, std::min<int64_t>(B, 2 * std::max(1, at::get_num_threads()))); }
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> ms_attention_mix_forward(at::TensorList values_in, at::TensorList logits_in,
@@ -93,56 +220,48 @@ std::tuple<at::Tensor, at::Tensor> ms_attention_mix_forward(at::TensorList value
   const auto dt = values[0].scalar_type();
   auto out = at::empty({B, K, H, W}, values[0].options());
   auto lse = at::empty({B, H, W}, values[0].options().dtype(accumulate_type_of(dt)));
+  if (B == 0) return {out, lse};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "ms_attention_mix_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    std::vector<ColumnTaps<acc_t>> cols;
-    std::vector<acc_t> sy(S);
-    int64_t max_w = 1;
-    for (int64_t s = 0; s < S; ++s) {
-      cols.emplace_back(values[s].size(3), W);
-      sy[s] = bilinear_scale<acc_t>(values[s].size(2), H);
-      max_w = std::max(max_w, values[s].size(3));
-    }
+    int64_t sum_h, max_w;
+    const auto taps = scale_taps<acc_t>(values, H, W, &sum_h, &max_w);
+    const int64_t chunk = image_chunk(B);
+    auto wts_t = at::empty({chunk, S, H, W}, lse.options());
+    acc_t* wts = wts_t.mutable_data_ptr<acc_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    acc_t* lp = lse.mutable_data_ptr<acc_t>();
-    at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> weights(S * W), yrow(max_w), row(W), acc(W);
-      for (int64_t r = begin; r < end; ++r) {
-        const int64_t b = r / H, y = r % H;
-        // logits of every scale at this row, then the softmax over scales
-        for (int64_t s = 0; s < S; ++s) {
-          const int64_t h = values[s].size(2), w = values[s].size(3);
-          const auto ty = bilinear_tap<acc_t>(y, h, sy[s]);
-          sample_row<scalar_t, acc_t>(logits[s].const_data_ptr<scalar_t>() + b * h * w, w, ty, cols[s],
-                                      yrow.data(), W, weights.data() + s * W);
-        }
-        for (int64_t x = 0; x < W; ++x) {
-          acc_t m = -std::numeric_limits<acc_t>::infinity();
-          for (int64_t s = 0; s < S; ++s) m = std::max(m, weights[s * W + x]);
-          acc_t sum = 0;
-          for (int64_t s = 0; s < S; ++s) {
-            const acc_t e = std::exp(weights[s * W + x] - m);
-            weights[s * W + x] = e;
-            sum += e;
+    for (int64_t b0 = 0; b0 < B; b0 += chunk) {
+      const int64_t nb = std::min(chunk, B - b0);
+      softmax_weights<scalar_t, acc_t>(logits, taps, b0, nb, H, W, max_w, nullptr, lse.mutable_data_ptr<acc_t>(),
+                                       wts);
+      if (K == 0) continue;
+      at::parallel_for(0, nb * K, 1, [&](int64_t begin, int64_t end) {
+        std::vector<acc_t> hres(sum_h * W), acc(W);
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t bl = item / K, b = b0 + bl, k = item % K;
+          // each scale of the plane resized along x: hres rows [off_s, off_s + h_s)
+          for (int64_t s = 0, off = 0; s < S; off += taps[s].h, ++s)
+            resize_x<scalar_t, acc_t>(values[s].const_data_ptr<scalar_t>() + (b * K + k) * taps[s].h * taps[s].w,
+                                      taps[s], W, hres.data() + off * W);
+          scalar_t* o = op + (b * K + k) * H * W;
+          for (int64_t y = 0; y < H; ++y) {
+            std::fill(acc.begin(), acc.end(), acc_t(0));
+            acc_t* a = acc.data();
+            for (int64_t s = 0, off = 0; s < S; off += taps[s].h, ++s) {
+              const auto& ty = taps[s].ty[y];
+              const acc_t* r0 = hres.data() + (off + ty.i0) * W;
+              const acc_t* r1 = hres.data() + (off + ty.i1) * W;
+              const acc_t* ws = wts + ((bl * S + s) * H + y) * W;
+              const acc_t l0 = acc_t(1) - ty.lambda, l1 = ty.lambda;
+              if (l1 == acc_t(0))  // the row itself (l0 = 1), e.g. at output resolution
+                for (int64_t x = 0; x < W; ++x) a[x] += ws[x] * r0[x];
+              else
+                for (int64_t x = 0; x < W; ++x) a[x] += ws[x] * (l0 * r0[x] + l1 * r1[x]);
+            }
+            for (int64_t x = 0; x < W; ++x) o[y * W + x] = static_cast<scalar_t>(a[x]);
           }
-          for (int64_t s = 0; s < S; ++s) weights[s * W + x] /= sum;
-          lp[r * W + x] = m + std::log(sum);
         }
-        for (int64_t k = 0; k < K; ++k) {
-          std::fill(acc.begin(), acc.end(), acc_t(0));
-          for (int64_t s = 0; s < S; ++s) {
-            const int64_t h = values[s].size(2), w = values[s].size(3);
-            const auto ty = bilinear_tap<acc_t>(y, h, sy[s]);
-            sample_row<scalar_t, acc_t>(values[s].const_data_ptr<scalar_t>() + (b * K + k) * h * w, w, ty, cols[s],
-                                        yrow.data(), W, row.data());
-            const acc_t* ws = weights.data() + s * W;
-            for (int64_t x = 0; x < W; ++x) acc[x] += ws[x] * row[x];
-          }
-          scalar_t* o = op + ((b * K + k) * H + y) * W;
-          for (int64_t x = 0; x < W; ++x) o[x] = static_cast<scalar_t>(acc[x]);
-        }
-      }
-    });
+      });
+    }
   });
   return {out, lse};
 }
@@ -160,84 +279,100 @@ std::vector<at::Tensor> ms_attention_mix_backward(const at::Tensor& grad_out, at
   const auto g = grad_out.contiguous();
   const auto lse = lse_in.contiguous();
   std::vector<at::Tensor> d_values_acc, d_logits_acc;
+  // Every element of both is written below (the x transpose fills each low-res row; with B = 0 they are empty).
   for (int64_t s = 0; s < S; ++s) {
-    d_values_acc.push_back(at::zeros(values[s].sizes(), values[s].options().dtype(acc_dt)));
-    d_logits_acc.push_back(at::zeros(logits[s].sizes(), logits[s].options().dtype(acc_dt)));
+    d_values_acc.push_back(at::empty(values[s].sizes(), values[s].options().dtype(acc_dt)));
+    d_logits_acc.push_back(at::empty(logits[s].sizes(), logits[s].options().dtype(acc_dt)));
   }
   if (B > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "ms_attention_mix_backward_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const scalar_t* gp = g.const_data_ptr<scalar_t>();
       const acc_t* lp = lse.const_data_ptr<acc_t>();
-      std::vector<ColumnTaps<acc_t>> cols;
-      std::vector<acc_t> sy(S);
-      int64_t max_w = 1;
-      for (int64_t s = 0; s < S; ++s) {
-        cols.emplace_back(values[s].size(3), W);
-        sy[s] = bilinear_scale<acc_t>(values[s].size(2), H);
-        max_w = std::max(max_w, values[s].size(3));
-      }
-      // Pass 1, parallel over output rows: da[b, s, y, x] = w_s (<g, up(v_s)> - sum_s' w_s' <g, up(v_s')>),
-      // the logit gradient at output resolution (an fp32 map, 1/K of the output per scale).
-      // Images go through both passes in chunks of 2 x threads, so the workspace stays small; every element
-      // is still computed by one task in a fixed order (the chunking does not change any result).
-      const int64_t chunk = std::min<int64_t>(B, 2 * std::max(1, at::get_num_threads()));
-      auto da = at::empty({chunk, S, H, W}, lse.options());
-      acc_t* dap = da.mutable_data_ptr<acc_t>();
+      int64_t sum_h, max_w;
+      const auto taps = scale_taps<acc_t>(values, H, W, &sum_h, &max_w);
+      const int64_t chunk = image_chunk(B);
+      const int64_t n_kb = (K + kChannelBlock - 1) / kChannelBlock;
+      // workspaces: weights (later the logit gradient at output resolution) and the per-block partial
+      // <g, up(v_s)> maps, all at output resolution in the accumulation type
+      auto wts_t = at::empty({chunk, S, H, W}, lse.options());
+      auto gvp_t = at::empty({chunk, std::max<int64_t>(n_kb, 1), S, H, W}, lse.options());
+      acc_t* wts = wts_t.mutable_data_ptr<acc_t>();
+      acc_t* gvp = gvp_t.mutable_data_ptr<acc_t>();
       for (int64_t b0 = 0; b0 < B; b0 += chunk) {
         const int64_t nb = std::min(chunk, B - b0);
-        at::parallel_for(0, nb * H, 1, [&](int64_t begin, int64_t end) {
-          std::vector<acc_t> weights(S * W), gv(S * W), yrow(max_w), row(W), go(W);
-          for (int64_t r = begin; r < end; ++r) {
-            const int64_t b = b0 + r / H, y = r % H;
-            const acc_t* l_row = lp + (b * H + y) * W;
-            std::fill(gv.begin(), gv.end(), acc_t(0));
-            for (int64_t s = 0; s < S; ++s) {
-              const int64_t h = values[s].size(2), w = values[s].size(3);
-              const auto ty = bilinear_tap<acc_t>(y, h, sy[s]);
-              acc_t* ws = weights.data() + s * W;
-              sample_row<scalar_t, acc_t>(logits[s].const_data_ptr<scalar_t>() + b * h * w, w, ty, cols[s],
-                                          yrow.data(), W, ws);
-              for (int64_t x = 0; x < W; ++x) ws[x] = std::exp(ws[x] - l_row[x]);
-              for (int64_t k = 0; k < K; ++k) {
-                sample_row<scalar_t, acc_t>(values[s].const_data_ptr<scalar_t>() + (b * K + k) * h * w, w, ty,
-                                            cols[s], yrow.data(), W, row.data());
+        // Pass 1: weights w_s = exp(logit_s - lse).
+        softmax_weights<scalar_t, acc_t>(logits, taps, b0, nb, H, W, max_w, lp, nullptr, wts);
+        // Pass 2, parallel over (b, channel block): value gradients and the block's partial <g, up(v_s)>.
+        at::parallel_for(0, nb * n_kb, 1, [&](int64_t begin, int64_t end) {
+          std::vector<acc_t> hres(sum_h * W), trows(sum_h * W), gr(W), c(W);
+          for (int64_t item = begin; item < end; ++item) {
+            const int64_t bl = item / n_kb, b = b0 + bl, kb = item % n_kb;
+            acc_t* part = gvp + (bl * n_kb + kb) * S * H * W;
+            std::fill(part, part + S * H * W, acc_t(0));
+            for (int64_t k = kb * kChannelBlock; k < std::min(K, (kb + 1) * kChannelBlock); ++k) {
+              for (int64_t s = 0, off = 0; s < S; off += taps[s].h, ++s)
+                resize_x<scalar_t, acc_t>(values[s].const_data_ptr<scalar_t>() + (b * K + k) * taps[s].h * taps[s].w,
+                                          taps[s], W, hres.data() + off * W);
+              std::fill(trows.begin(), trows.end(), acc_t(0));
+              for (int64_t y = 0; y < H; ++y) {
                 const scalar_t* g_row = gp + ((b * K + k) * H + y) * W;
-                acc_t* gvs = gv.data() + s * W;
-                for (int64_t x = 0; x < W; ++x) gvs[x] += static_cast<acc_t>(g_row[x]) * row[x];
+                for (int64_t x = 0; x < W; ++x) gr[x] = static_cast<acc_t>(g_row[x]);
+                for (int64_t s = 0, off = 0; s < S; off += taps[s].h, ++s) {
+                  const auto& ty = taps[s].ty[y];
+                  const acc_t* r0 = hres.data() + (off + ty.i0) * W;
+                  const acc_t* r1 = hres.data() + (off + ty.i1) * W;
+                  const acc_t* ws = wts + ((bl * S + s) * H + y) * W;
+                  acc_t* pv = part + (s * H + y) * W;
+                  const acc_t l0 = acc_t(1) - ty.lambda, l1 = ty.lambda;
+                  if (l1 == acc_t(0))  // the row itself (l0 = 1), e.g. at output resolution
+                    for (int64_t x = 0; x < W; ++x) pv[x] += gr[x] * r0[x];
+                  else
+                    for (int64_t x = 0; x < W; ++x) pv[x] += gr[x] * (l0 * r0[x] + l1 * r1[x]);
+                  for (int64_t x = 0; x < W; ++x) c[x] = ws[x] * gr[x];
+                  scatter_y<acc_t>(c.data(), ty, W, trows.data() + off * W);
+                }
               }
-            }
-            std::fill(go.begin(), go.end(), acc_t(0));
-            for (int64_t s = 0; s < S; ++s)
-              for (int64_t x = 0; x < W; ++x) go[x] += weights[s * W + x] * gv[s * W + x];
-            for (int64_t s = 0; s < S; ++s) {
-              acc_t* dst = dap + (((b - b0) * S + s) * H + y) * W;
-              for (int64_t x = 0; x < W; ++x) dst[x] = weights[s * W + x] * (gv[s * W + x] - go[x]);
+              for (int64_t s = 0, off = 0; s < S; off += taps[s].h, ++s)
+                resize_x_transposed<acc_t>(trows.data() + off * W, taps[s], W,
+                                           d_values_acc[s].mutable_data_ptr<acc_t>() +
+                                               (b * K + k) * taps[s].h * taps[s].w);
             }
           }
         });
-        // Pass 2, parallel over (b, s): walk the output rows in order and add each row's contribution into the
-        // two low-res rows it read (transposed bilinear).
-        at::parallel_for(0, nb * S, 1, [&](int64_t begin, int64_t end) {
-          std::vector<acc_t> weights(W), c(W), yrow(max_w), tmp(max_w);
-          for (int64_t item = begin; item < end; ++item) {
-            const int64_t b = b0 + item / S, s = item % S;
-            const int64_t h = values[s].size(2), w = values[s].size(3);
-            const scalar_t* lplane = logits[s].const_data_ptr<scalar_t>() + b * h * w;
-            acc_t* dl = d_logits_acc[s].mutable_data_ptr<acc_t>() + b * h * w;
-            acc_t* dv = d_values_acc[s].mutable_data_ptr<acc_t>();
-            for (int64_t y = 0; y < H; ++y) {
-              const auto ty = bilinear_tap<acc_t>(y, h, sy[s]);
-              sample_row<scalar_t, acc_t>(lplane, w, ty, cols[s], yrow.data(), W, weights.data());
-              const acc_t* l_row = lp + (b * H + y) * W;
-              for (int64_t x = 0; x < W; ++x) weights[x] = std::exp(weights[x] - l_row[x]);
-              for (int64_t k = 0; k < K; ++k) {
-                const scalar_t* g_row = gp + ((b * K + k) * H + y) * W;
-                for (int64_t x = 0; x < W; ++x) c[x] = weights[x] * static_cast<acc_t>(g_row[x]);
-                scatter_row<acc_t>(c.data(), ty, cols[s], W, tmp.data(), w, dv + (b * K + k) * h * w);
+        // Pass 3, parallel over rows: gv_s = sum of the blocks' partials (block order), then the logit gradient
+        // at output resolution da_s = w_s (gv_s - sum_s' w_s' gv_s'), written over the weights.
+        at::parallel_for(0, nb * H, 1, [&](int64_t begin, int64_t end) {
+          std::vector<acc_t> gv(S * W), go(W);
+          for (int64_t r = begin; r < end; ++r) {
+            const int64_t bl = r / H, y = r % H;
+            std::fill(gv.begin(), gv.end(), acc_t(0));
+            for (int64_t kb = 0; kb < n_kb; ++kb)
+              for (int64_t s = 0; s < S; ++s) {
+                const acc_t* pv = gvp + (((bl * n_kb + kb) * S + s) * H + y) * W;
+                for (int64_t x = 0; x < W; ++x) gv[s * W + x] += pv[x];
               }
-              scatter_row<acc_t>(dap + (((b - b0) * S + s) * H + y) * W, ty, cols[s], W, tmp.data(), w, dl);
+            std::fill(go.begin(), go.end(), acc_t(0));
+            for (int64_t s = 0; s < S; ++s) {
+              const acc_t* ws = wts + ((bl * S + s) * H + y) * W;
+              for (int64_t x = 0; x < W; ++x) go[x] += ws[x] * gv[s * W + x];
             }
+            for (int64_t s = 0; s < S; ++s) {
+              acc_t* ws = wts + ((bl * S + s) * H + y) * W;
+              for (int64_t x = 0; x < W; ++x) ws[x] = ws[x] * (gv[s * W + x] - go[x]);
+            }
+          }
+        });
+        // Pass 4, parallel over (b, s): the logit gradient's transposed bilinear, output rows in order.
+        at::parallel_for(0, nb * S, 1, [&](int64_t begin, int64_t end) {
+          std::vector<acc_t> trows(sum_h * W);
+          for (int64_t item = begin; item < end; ++item) {
+            const int64_t bl = item / S, b = b0 + bl, s = item % S;
+            std::fill(trows.begin(), trows.begin() + taps[s].h * W, acc_t(0));
+            for (int64_t y = 0; y < H; ++y)
+              scatter_y<acc_t>(wts + ((bl * S + s) * H + y) * W, taps[s].ty[y], W, trows.data());
+            resize_x_transposed<acc_t>(trows.data(), taps[s], W,
+                                       d_logits_acc[s].mutable_data_ptr<acc_t>() + b * taps[s].h * taps[s].w);
           }
         });
       }
