@@ -31,10 +31,11 @@ inline at::Tensor pad_grid(const at::Tensor& t, const CtalGeometry& g) {
   return at::constant_pad_nd(grid, {g.p, g.p, g.p, g.p}, 0).reshape({g.B, -1, g.Npad});
 }
 
-// A span buffer (B, R, span) indexed from the padded position `first` -> its H x W interior (B, R, N).
+// A contiguous span buffer (B, R, span) indexed from the padded position `first` -> a (B, R, H, W) view of its
+// H x W interior: pixel (y, x) sits at y * Wp + x of the span (no copy).
 inline at::Tensor span_interior(const at::Tensor& span_buf, const CtalGeometry& g) {
-  auto full = at::constant_pad_nd(span_buf, {0, g.H * g.Wp - g.span}, 0);
-  return full.reshape({g.B, -1, g.H, g.Wp}).narrow(3, 0, g.W).reshape({g.B, -1, g.N});
+  const int64_t R = span_buf.size(1);
+  return span_buf.as_strided({g.B, R, g.H, g.W}, {R * g.span, g.span, g.Wp, 1}, span_buf.storage_offset());
 }
 
 // weight (N, T, k, k) or (T, N, T, k, k) -> (taps, Tw, T, N) in dtype acc.
@@ -120,44 +121,55 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
               ", ", TC, ") ", acc, " tensor, got ", gram.sizes(), " ", gram.scalar_type());
   auto xa = x.to(acc).contiguous().reshape({g.B, g.T, g.C, g.N});
   auto va = v.to(acc).contiguous().reshape({g.B, g.T, g.C, g.N});
+  // dZ = gamma * dr is never materialised: gamma scales the GEMMs (alpha) and the small bias reductions.
   auto dr = grad_out.to(acc).contiguous().reshape({g.B, g.T, g.C, g.N});
-  auto dZ = dr * gamma;
-  auto dZf = dZ.view({g.B, TC, g.N});
+  auto drf = dr.view({g.B, TC, g.N});
   auto nrm = normalize(xa);
   auto Fp = pad_grid(nrm.f, g), Vp = pad_grid(va, g);
   auto w = taps_major(weight, g, acc);
-  auto bias_a = bias.to(acc).reshape({1, g.Tw, 1, g.N});
+  auto bias_a = bias.to(acc).reshape({g.Tw, g.N, 1});
 
   auto dF = at::zeros_like(xa);                        // query side, (B, T, C, N)
   auto dV_span = at::zeros({g.B, TC, g.span}, xa.options());
   auto dF_span = at::zeros({g.B, TC, g.span}, xa.options());
   auto dw = at::empty({g.taps, g.Tw, g.T, g.N}, xa.options());
   auto dG = at::empty({g.B, TC, TC}, xa.options());
+  auto dQ = at::empty({g.B, TC, g.N}, xa.options());  // one buffer for every tap
   for (int64_t tap = 0; tap < g.taps; ++tap) {
     const int64_t off = g.offset(tap);
     auto G = gram.select(0, tap);
     for (int64_t tw = 0; tw < g.Tw; ++tw) {
       auto Q = weighted(nrm, w, tap, tw, g);
-      auto rows = g.per_task ? dZf.narrow(1, tw * g.C, g.C) : dZf;
+      auto rows = g.per_task ? drf.narrow(1, tw * g.C, g.C) : drf;
       auto Grows = g.per_task ? G.narrow(1, tw * g.C, g.C) : G;
       auto dG_rows = g.per_task ? dG.narrow(1, tw * g.C, g.C) : dG;
-      at::bmm_out(dG_rows, rows, Q.transpose(1, 2));
-      auto dQ = at::bmm(Grows.transpose(1, 2), rows).view({g.B, g.T, g.C, g.N});
+      at::baddbmm_out(dG_rows, dG_rows, rows, Q.transpose(1, 2), /*beta=*/0, /*alpha=*/gamma);
+      at::baddbmm_out(dQ, dQ, Grows.transpose(1, 2), rows, /*beta=*/0, /*alpha=*/gamma);
       auto dw_tap = dw.select(0, tap).select(0, tw);
-      tap_reduce(dQ, nrm.f, w.select(0, tap).select(0, tw), dw_tap, dF);
+      tap_reduce(dQ.view({g.B, g.T, g.C, g.N}), nrm.f, w.select(0, tap).select(0, tw), dw_tap, dF);
     }
     dV_span.baddbmm_(dG, Fp.narrow(2, g.first + off, g.span));
     dF_span.baddbmm_(dG.transpose(1, 2), Vp.narrow(2, g.first - off, g.span));
   }
-  // Bias: Z_t[:, i] += bias_t[i] s_t with s_t = sum_j V_t[:, j].
-  auto s = va.sum(3, true);
-  auto dbias = (dZ * s).sum({0, 2});                    // (T, N)
+  dQ.reset();  // release the loop's buffers before the tail allocates its own
+  Fp.reset();
+  Vp.reset();
+  // Bias: Z_t[:, i] += bias_t[i] s_t with s_t = sum_j V_t[:, j]; per sample b, dbias_t += gamma s_bt^T dr_bt and
+  // dv_bt += gamma dr_bt bias_t (GEMMs: no (B, T, C, N) temporary).
+  auto s = va.sum(3, true);                             // (B, T, C, 1)
+  auto dbias = at::zeros({g.T, 1, g.N}, xa.options());
+  for (int64_t b = 0; b < g.B; ++b) dbias.baddbmm_(s.select(0, b).transpose(1, 2), dr.select(0, b), 1, gamma);
+  dbias = dbias.reshape({g.T, g.N});
   if (!g.per_task) dbias = dbias.sum(0);
-  auto dv = span_interior(dV_span, g).view({g.B, g.T, g.C, g.N}) + (dZ * bias_a).sum(3, true);
-  dF.add_(span_interior(dF_span, g).view({g.B, g.T, g.C, g.N}));
-  // Normalisation: f = x / max(|x|, eps); the projection term vanishes where the norm is clamped.
+  auto dv = span_interior(dV_span, g).reshape({g.B, g.T, g.C, g.N});  // the one copy of the interior
+  dV_span.reset();
+  dv.add_(at::matmul(dr, bias_a), gamma);               // (B, T, C, 1), broadcast over the pixels
+  dF.view({g.B, TC, g.H, g.W}).add_(span_interior(dF_span, g));
+  dF_span.reset();
+  // Normalisation: f = x / max(|x|, eps); the projection term vanishes where the norm is clamped. In place on
+  // dF: dx = (dF - f proj) inv + (1 - gamma) dr.
   auto proj = (nrm.f * dF).sum(2, true).masked_fill_(nrm.clamped, 0);
-  auto dx = (dF - nrm.f * proj) * nrm.inv + dr * (1.0 - gamma);
+  auto dx = dF.addcmul_(nrm.f, proj, -1).mul_(nrm.inv).add_(dr, 1.0 - gamma);
   auto dweight = dw.permute({1, 3, 2, 0}).contiguous().reshape(weight.sizes());
   return {dx.reshape(x.sizes()).to(x.scalar_type()), dv.reshape(x.sizes()).to(x.scalar_type()),
           dweight.to(weight.scalar_type()), dbias.reshape(bias.sizes()).to(bias.scalar_type())};
