@@ -1,6 +1,6 @@
 // CPU kernels of sfa_apply: out[t] = sigmoid(mask[t]) * features, for T tasks sharing the features.
-//   forward:  parallel over (t, b, pixel chunk); the sigmoid of a spatial mask (M = 1) is computed once per
-//             pixel and reused over the C channels.
+//   forward:  the sigmoid of a spatial mask (M = 1) once per (t, b, pixel) into a buffer, then parallel over
+//             output planes (t, b, c), each one contiguous pass.
 //   backward: parallel over (b, pixel chunk), one pass over all tasks and channels:
 //             d_features = sum_t sigmoid(m_t) * g_t, d_m_t = sigmoid'(m_t) * (sum over c if M = 1) f * g_t.
 //             Each output element is produced by one work item: deterministic.
@@ -37,32 +37,31 @@ at::Tensor sfa_apply_forward(const at::Tensor& features_in, const at::Tensor& ma
   const int64_t T = m.size(0), B = f.size(0), C = f.size(1), P = f.size(2) * f.size(3), M = m.size(2);
   auto out = at::empty({T, B, C, f.size(2), f.size(3)}, f.options());
   if (out.numel() == 0) return out;
-  const int64_t chunks = (P + kPixelChunk - 1) / kPixelChunk;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.scalar_type(), "sfa_apply_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* fp = f.const_data_ptr<scalar_t>();
     const scalar_t* mp = m.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, T * B * chunks, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> sig(kPixelChunk);
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t tb = item / chunks, b = tb % B;
-        const int64_t p0 = (item % chunks) * kPixelChunk, n = std::min(kPixelChunk, P - p0);
+    // A spatial mask's sigmoid once per (t, b, pixel), into a small buffer (1/C of the output); then every output
+    // plane (t, b, c) is one contiguous pass over its pixels, so the writes stream plane by plane.
+    std::vector<acc_t> sig(M == 1 ? T * B * P : 0);
+    if (M == 1) {
+      at::parallel_for(0, T * B * P, kPixelChunk, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) sig[i] = sigmoid_value<acc_t>(static_cast<acc_t>(mp[i]));
+      });
+    }
+    at::parallel_for(0, T * B * C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t plane = begin; plane < end; ++plane) {
+        const int64_t tb = plane / C, b = tb % B, c = plane % C;
+        const scalar_t* frow = fp + (b * C + c) * P;
+        scalar_t* orow = op + plane * P;
         if (M == 1) {
-          const scalar_t* mrow = mp + tb * P + p0;
-          for (int64_t i = 0; i < n; ++i) sig[i] = sigmoid_value<acc_t>(static_cast<acc_t>(mrow[i]));
-        }
-        for (int64_t c = 0; c < C; ++c) {
-          const scalar_t* frow = fp + (b * C + c) * P + p0;
-          scalar_t* orow = op + (tb * C + c) * P + p0;
-          if (M == 1) {
-            for (int64_t i = 0; i < n; ++i) orow[i] = static_cast<scalar_t>(sig[i] * static_cast<acc_t>(frow[i]));
-          } else {
-            const scalar_t* mrow = mp + (tb * C + c) * P + p0;
-            for (int64_t i = 0; i < n; ++i)
-              orow[i] = static_cast<scalar_t>(sigmoid_value<acc_t>(static_cast<acc_t>(mrow[i])) *
-                                              static_cast<acc_t>(frow[i]));
-          }
+          const acc_t* srow = sig.data() + tb * P;
+          for (int64_t i = 0; i < P; ++i) orow[i] = static_cast<scalar_t>(srow[i] * static_cast<acc_t>(frow[i]));
+        } else {
+          const scalar_t* mrow = mp + plane * P;
+          for (int64_t i = 0; i < P; ++i)
+            orow[i] = static_cast<scalar_t>(sigmoid_value<acc_t>(static_cast<acc_t>(mrow[i])) * static_cast<acc_t>(frow[i]));
         }
       }
     });
