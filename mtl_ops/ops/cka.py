@@ -41,8 +41,8 @@ def cka(features: torch.Tensor, *, debiased: bool = True, backend: str | None = 
             or "cuda".
 
     Returns:
-        (T, T) symmetric, float64 for float64 input and float32 otherwise (GEMMs in that dtype, the T×T
-        reductions and the centring algebra in float64). Forward only: the fused backends refuse features
+        (T, T) symmetric, float64 for float64 input and float32 otherwise (the GEMMs and each strip's T×T
+        reduction in that dtype; the sum over strips and the centring algebra in float64). Forward only: the fused backends refuse features
         that require grad while grad mode is on (use ``backend="reference"`` to differentiate CKA).
     """
     check_args(features, debiased)
