@@ -68,3 +68,16 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     torch.testing.assert_close(actual.double(), expected.double(), rtol=rtol, atol=atol,
                                msg=lambda m: f"{what} ({dtype}, {kind}): {m}")
+
+
+def assert_compiled_matches_eager(step, run_with_grads, *inputs) -> None:
+    """``torch.compile(step, fullgraph=True)`` gives the eager loss and gradients (fp32 reduction tolerance).
+    ``run_with_grads(fn, *inputs, grad_out)`` is the op's test helper returning ``(loss, grads)``."""
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True)
+    grad_out = torch.tensor(1.0)
+    y_eager, eager_grads = run_with_grads(step, *inputs, grad_out)
+    y, compiled_grads = run_with_grads(compiled, *inputs, grad_out)
+    assert_close(y, y_eager.detach().double(), torch.float32, "reduction")
+    for got, want in zip(compiled_grads, eager_grads):
+        assert_close(got, want, torch.float32, "reduction")

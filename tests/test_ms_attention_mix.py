@@ -1,7 +1,7 @@
 """ms_attention_mix: every backend against the reference, gradcheck, opcheck, compile, bad input."""
 import pytest
 import torch
-from harness import assert_close, backend_params, requires_cuda
+from harness import assert_close, assert_compiled_matches_eager, backend_params, requires_cuda
 
 import mtl_ops
 from mtl_ops.ops import ms_attention_mix
@@ -152,19 +152,9 @@ def test_opcheck(backend):
 
 @pytest.mark.parametrize("backend", backend_params(OP, "cpu"))
 def test_compile_fullgraph(backend):
-    torch._dynamo.reset()
     values, logits, size = make_inputs((1, 3, (6, 7), [(6, 7), (3, 4)]), torch.float32)
-
-    def step(values, logits):
-        return ms_attention_mix(values, logits, size, backend=backend).square().sum()
-
-    compiled = torch.compile(step, fullgraph=True)
-    grad_out = torch.tensor(1.0)
-    y_eager, eager_grads = run_with_grads(step, values, logits, grad_out)
-    y, compiled_grads = run_with_grads(compiled, values, logits, grad_out)
-    assert_close(y, y_eager.detach().double(), torch.float32, "reduction")
-    for got, want in zip(compiled_grads, eager_grads):
-        assert_close(got, want, torch.float32, "reduction")
+    assert_compiled_matches_eager(lambda v, a: ms_attention_mix(v, a, size, backend=backend).square().sum(),
+                                  run_with_grads, values, logits)
 
 
 # ---- bad input ---------------------------------------------------------------------------------------

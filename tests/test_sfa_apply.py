@@ -1,7 +1,7 @@
 """sfa_apply: every backend against the reference, gradcheck, opcheck, compile, bad input."""
 import pytest
 import torch
-from harness import assert_close, backend_params, requires_cuda
+from harness import assert_close, assert_compiled_matches_eager, backend_params, requires_cuda
 
 import mtl_ops
 from mtl_ops.ops import sfa_apply
@@ -108,19 +108,8 @@ def test_opcheck(backend, M):
 
 @pytest.mark.parametrize("backend", backend_params(OP, "cpu"))
 def test_compile_fullgraph(backend):
-    torch._dynamo.reset()
     f, m = make_inputs((3, 2, 4, 3, 5), 1, torch.float32)
-
-    def step(f, m):
-        return sfa_apply(f, m, backend=backend).square().sum()
-
-    compiled = torch.compile(step, fullgraph=True)
-    grad_out = torch.tensor(1.0)
-    y_eager, eager_grads = run_with_grads(step, f, m, grad_out)
-    y, compiled_grads = run_with_grads(compiled, f, m, grad_out)
-    assert_close(y, y_eager.detach().double(), torch.float32, "reduction")
-    for got, want in zip(compiled_grads, eager_grads):
-        assert_close(got, want, torch.float32, "reduction")
+    assert_compiled_matches_eager(lambda f, m: sfa_apply(f, m, backend=backend).square().sum(), run_with_grads, f, m)
 
 
 # ---- bad input ---------------------------------------------------------------------------------------
