@@ -26,6 +26,7 @@
 #include "../common/bilinear.h"
 #include "../common/accumulate_type.h"
 #include "../common/ms_attention_mix_args.h"
+#include "../common/tensor_list.h"
 
 namespace mtl_ops::cpu {
 namespace {
@@ -140,13 +141,6 @@ inline void sample_row(const scalar_t* plane, const ScaleTaps<acc_t>& st, int64_
   for (int64_t j = 0; j < st.w; ++j)
     yrow[j] = (acc_t(1) - ly) * static_cast<acc_t>(r0[j]) + ly * static_cast<acc_t>(r1[j]);
   for (int64_t x = 0; x < W; ++x) row[x] = cx.l0[x] * yrow[cx.x0[x]] + cx.l1[x] * yrow[cx.x1[x]];
-}
-
-std::vector<at::Tensor> contiguous_all(at::TensorList ts) {
-  std::vector<at::Tensor> out;
-  out.reserve(ts.size());
-  for (const auto& t : ts) out.push_back(t.contiguous());
-  return out;
 }
 
 void check_cpu(const at::Tensor& t) {

@@ -20,6 +20,7 @@
 #include "../common/bilinear.h"
 #include "../common/accumulate_type.h"
 #include "../common/ms_attention_mix_args.h"
+#include "../common/tensor_list.h"
 
 namespace mtl_ops::cuda {
 namespace {
@@ -181,12 +182,6 @@ __global__ void gather_logits_kernel(const acc_t* __restrict__ da, acc_t* __rest
     }
   }
   dl[n] = acc;
-}
-
-std::vector<at::Tensor> contiguous_all(at::TensorList ts) {
-  std::vector<at::Tensor> out;
-  for (const auto& t : ts) out.push_back(t.contiguous());
-  return out;
 }
 
 template <typename scalar_t>
