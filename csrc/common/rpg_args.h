@@ -83,4 +83,13 @@ inline RpgShape check_rpg_args(const at::Tensor& x, at::IntArrayRef kinds, at::I
   return s;
 }
 
+// The backward's grad_out: the forward output's shape, in x's dtype and on its device.
+inline void check_rpg_grad_out(const at::Tensor& grad_out, const at::Tensor& x_in, const RpgShape& s) {
+  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == s.N && grad_out.size(1) == s.Cout &&
+                  grad_out.size(2) == s.Ho && grad_out.size(3) == s.Wo && grad_out.scalar_type() == x_in.scalar_type() &&
+                  grad_out.device() == x_in.device(),
+              "routed_primitive_gather_backward: grad_out must be (", s.N, ", ", s.Cout, ", ", s.Ho, ", ", s.Wo,
+              ") in x's dtype and device, got ", grad_out.sizes(), " ", grad_out.scalar_type());
+}
+
 }  // namespace mtl_ops

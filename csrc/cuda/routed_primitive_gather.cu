@@ -228,11 +228,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> routed_pr
     const at::Tensor& b_task, int64_t stride, int64_t groups) {
   const RpgShape s = check_rpg_args(x_in, kinds, params, frozen, w_shared, b_shared, w_task, b_task, stride, groups);
   check_cuda(x_in);
-  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == s.N && grad_out.size(1) == s.Cout &&
-                  grad_out.size(2) == s.Ho && grad_out.size(3) == s.Wo && grad_out.scalar_type() == x_in.scalar_type() &&
-                  grad_out.device() == x_in.device(),
-              "routed_primitive_gather_backward: grad_out must be (", s.N, ", ", s.Cout, ", ", s.Ho, ", ", s.Wo,
-              ") in x's dtype and device, got ", grad_out.sizes(), " ", grad_out.scalar_type());
+  check_rpg_grad_out(grad_out, x_in, s);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::NoGradGuard no_grad;
   const auto acc = accumulate_type_of(x_in.scalar_type());
