@@ -6,12 +6,21 @@ which ``DataLoader`` seeds differently in every worker.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 SPATIAL_KEYS = ("image", "semseg", "depth", "normals")
+
+
+def valid_zoom_scales(scales) -> bool:
+    """Whether ``scales`` is a non-empty sequence of real zoom factors >= 1 (what :func:`scale_crop` accepts);
+    the loaders and the trainer's config check their scale lists with it."""
+    if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence) or not scales:
+        return False
+    return all(isinstance(s, numbers.Real) and not isinstance(s, bool) and s >= 1.0 for s in scales)
 
 
 def hflip(sample: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

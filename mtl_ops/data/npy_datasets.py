@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .augment import random_flip_scale_crop
+from .augment import random_flip_scale_crop, valid_zoom_scales
 from .labels import IGNORE_INDEX, boundary_edges, class_presence
 
 NYUV2_CLASSES = ("bed", "books", "ceiling", "chair", "floor", "furniture", "objects", "picture", "sofa",
@@ -183,7 +183,7 @@ class NpyMultiTaskDataset(Dataset):
 
 def _check_augmentation(scales, flip_prob) -> Tuple[Tuple[float, ...], float]:
     values = tuple(scales) if isinstance(scales, Iterable) and not isinstance(scales, (str, bytes)) else ()
-    if not values or any(isinstance(s, bool) or not isinstance(s, numbers.Real) or s < 1.0 for s in values):
+    if not valid_zoom_scales(values):
         raise ValueError(f"scales: expected a non-empty sequence of scales >= 1, got {scales!r}")
     if isinstance(flip_prob, bool) or not isinstance(flip_prob, numbers.Real) or not 0.0 <= flip_prob <= 1.0:
         raise ValueError(f"flip_prob: expected a probability in [0, 1], got {flip_prob!r}")

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
+from ..data.augment import valid_zoom_scales
+
 DATASETS = ("synthetic", "nyuv2", "cityscapes")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -103,8 +105,7 @@ class TrainConfig:
         if self.scale_crop and self.dataset == "synthetic":
             raise ValueError("config.scale_crop: expected false or null (auto) for dataset 'synthetic' (the synthetic "
                              "scenes have no scale-crop augmentation; nyuv2 and cityscapes have), got True")
-        if not isinstance(self.crop_scales, tuple) or not self.crop_scales or any(
-                isinstance(s, bool) or not isinstance(s, (int, float)) or s < 1 for s in self.crop_scales):
+        if not isinstance(self.crop_scales, tuple) or not valid_zoom_scales(self.crop_scales):
             raise ValueError(f"config.crop_scales: expected a non-empty list of zoom factors >= 1, "
                              f"got {self.crop_scales!r}")
         if self.device not in DEVICES:
