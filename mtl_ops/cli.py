@@ -23,6 +23,8 @@ def _cmd_info(args) -> int:
 def _cmd_bench(args) -> int:
     from .bench import CASES, format_table, run_benchmarks
 
+    if args.networks:
+        return _bench_networks(args)
     unknown = [op for op in args.ops if op not in CASES]
     if unknown:
         print(f"mtl-ops bench: unknown op(s) {unknown}; benchmarked ops: {', '.join(CASES)}", file=sys.stderr)
@@ -38,7 +40,8 @@ def _cmd_bench(args) -> int:
         print("mtl-ops bench: --device cuda but no CUDA device is available", file=sys.stderr)
         return 2
     timing = dict(min_repeats=2, min_seconds=0.0, warmup=1) if args.quick else {}
-    rows = run_benchmarks(args.ops or None, device, dtypes, "quick" if args.quick else "full", **timing)
+    size = "quick" if args.quick else args.size
+    rows = run_benchmarks(args.ops or None, device, dtypes, size, on_row=_jsonl_writer(args.jsonl), **timing)
     print(format_table(rows))
     for op in dict.fromkeys(r["op"] for r in rows):
         if CASES[op].target and not args.quick:
@@ -48,6 +51,45 @@ def _cmd_bench(args) -> int:
             json.dump(rows, f, indent=2)
         print(f"wrote {len(rows)} rows to {args.json}")
     return 0
+
+
+def _bench_networks(args) -> int:
+    from .bench.networks import format_network_table, network_rows
+    from .train.methods import available_methods
+
+    unknown = [m for m in args.ops if m not in available_methods()]
+    if unknown:
+        print(f"mtl-ops bench --networks: unknown method(s) {unknown}; methods: {', '.join(available_methods())}",
+              file=sys.stderr)
+        return 2
+    device = torch.device(args.device) if args.device else None
+    if device is not None and device.type == "cuda" and not torch.cuda.is_available():
+        print("mtl-ops bench: --device cuda but no CUDA device is available", file=sys.stderr)
+        return 2
+    timing = dict(min_repeats=2, min_seconds=0.0, warmup=1) if args.quick else dict(min_repeats=5, min_seconds=0.3)
+    rows = []
+    for name in args.dtype:
+        if name not in _DTYPES:
+            print(f"mtl-ops bench: --dtype must be one of {sorted(_DTYPES)}, got {name!r}", file=sys.stderr)
+            return 2
+        rows += network_rows(args.ops or None, device, _DTYPES[name], "quick" if args.quick else "full",
+                             on_row=_jsonl_writer(args.jsonl), **timing)
+    print(format_network_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 0
+
+
+def _jsonl_writer(path):
+    """on_row callback appending each row to ``path`` as a JSON line (None without a path)."""
+    if not path:
+        return None
+
+    def on_row(row):
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    return on_row
 
 
 def _train_config(args):
@@ -222,10 +264,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_cmd_info)
     p = sub.add_parser("bench", help="time every backend against the reference and torch.compile(reference)")
-    p.add_argument("ops", nargs="*", help="ops to benchmark (default: all)")
+    p.add_argument("ops", nargs="*", help="ops to benchmark (default: all); with --networks, methods")
+    p.add_argument("--networks", action="store_true",
+                   help="time a training step of each method's whole network instead (fused ops, reference ops, "
+                        "torch.compile of the network on the reference ops)")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     p.add_argument("--dtype", nargs="+", default=["float32"], help="dtypes (default float32)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, few repeats: a smoke test, not a measurement")
+    p.add_argument("--size", choices=("full", "gpu"), default="full",
+                   help="full: the stated sizes (default); gpu: sizes several times a GPU's L2 cache for the "
+                        "memory-bound ops (the others keep their full size)")
+    p.add_argument("--jsonl", metavar="PATH", help="append each row to PATH as it is measured (JSON lines)")
     p.add_argument("--json", metavar="PATH", help="also write the rows (op, provider, shape, dtype, device, "
                                                    "versions, commit, time, peak memory) as JSON")
     p.set_defaults(func=_cmd_bench)

@@ -25,10 +25,11 @@ namespace mtl_ops::ctal {
 
 constexpr double kNormEps = 1e-12;
 
-// (B, R, H, W) -> (B, R, Hp*Wp), zero-padded by p on the grid.
+// (B, T, C, N) -> (B, T*C, Hp*Wp), zero-padded by p on the grid. (No -1 in the shapes: with B = 0 it would
+// be ambiguous.)
 inline at::Tensor pad_grid(const at::Tensor& t, const CtalGeometry& g) {
-  auto grid = t.reshape({g.B, -1, g.H, g.W});
-  return at::constant_pad_nd(grid, {g.p, g.p, g.p, g.p}, 0).reshape({g.B, -1, g.Npad});
+  auto grid = t.reshape({g.B, g.T * g.C, g.H, g.W});
+  return at::constant_pad_nd(grid, {g.p, g.p, g.p, g.p}, 0).reshape({g.B, g.T * g.C, g.Npad});
 }
 
 // A contiguous span buffer (B, R, span) indexed from the padded position `first` -> a (B, R, H, W) view of its
@@ -69,7 +70,7 @@ using TapReduceFn = void (*)(const at::Tensor& dQ, const at::Tensor& f, const at
 
 inline void tap_reduce_aten(const at::Tensor& dQ, const at::Tensor& f, const at::Tensor& w_tap, at::Tensor& dw_tap,
                             at::Tensor& dF) {
-  dw_tap.copy_((dQ * f).sum({0, 2}));
+  dw_tap.copy_((dQ * f).sum(at::IntArrayRef{0, 2}));  // a braced list alone is ambiguous on torch 2.11
   dF.add_(dQ * w_tap.unsqueeze(1));
 }
 

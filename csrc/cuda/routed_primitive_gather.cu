@@ -265,8 +265,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> routed_pr
   const auto dt = x_in.scalar_type();
   const int64_t P = pr.d.P;
   auto dx = dxp.narrow(2, P, s.H).narrow(3, P, s.W).contiguous().to(dt);
-  auto dbsh = dy.narrow(1, 0, s.Csh).sum({0, 2, 3}).to(dt);
-  auto dbsp = dy.narrow(1, s.Csh, s.Csp).reshape({s.T, s.B, s.Csp, s.Ho * s.Wo}).sum({1, 3}).to(dt);
+  auto dbsh = dy.narrow(1, 0, s.Csh).sum(at::IntArrayRef{0, 2, 3}).to(dt);
+  auto dbsp = dy.narrow(1, s.Csh, s.Csp).reshape({s.T, s.B, s.Csp, s.Ho * s.Wo}).sum(at::IntArrayRef{1, 3}).to(dt);
   return {dx, dwsh.view(w_shared.sizes()).to(dt), dbsh, dwsp.view({s.T, s.Csp, s.C, 3, 3}).to(dt), dbsp};
 }
 

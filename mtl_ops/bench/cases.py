@@ -20,7 +20,8 @@ class Provider:
 @dataclass
 class BenchCase:
     op: str
-    sizes: dict[str, dict]  # "full" (the stated size) and "quick" (a smoke-test size)
+    sizes: dict[str, dict]  # "full" (the stated size), "quick" (a smoke-test size), optionally "gpu" (a size
+    #                         several times the GPU's L2 cache, for the memory-bandwidth figures)
     make_inputs: Callable[[dict, torch.device, torch.dtype], tuple]
     reference_fn: Callable
     fused_fn: Callable[[str], Callable]  # backend name -> fn(*inputs)
@@ -57,7 +58,8 @@ def _gated_residual_inputs(size: dict, device: torch.device, dtype: torch.dtype)
 CASES: dict[str, BenchCase] = {
     "gated_residual": BenchCase(
         op="gated_residual",
-        sizes={"full": dict(T=3, B=8, C=64, H=72, W=96), "quick": dict(T=3, B=2, C=8, H=9, W=12)},
+        sizes={"full": dict(T=3, B=8, C=64, H=72, W=96), "quick": dict(T=3, B=2, C=8, H=9, W=12),
+               "gpu": dict(T=3, B=16, C=64, H=144, W=192)},
         make_inputs=_gated_residual_inputs,
         reference_fn=reference.gated_residual,
         fused_fn=lambda backend: (lambda r, b, g: ops.gated_residual(r, b, g, backend=backend)),
@@ -135,7 +137,8 @@ def _sfa_all_scales(fn):
 CASES["ms_attention_mix"] = BenchCase(
     op="ms_attention_mix",
     sizes={"full": dict(B=8, K=40, H=288, W=384, strides=(4, 8, 16, 32)),
-           "quick": dict(B=2, K=3, H=32, W=48, strides=(4, 8, 16, 32))},
+           "quick": dict(B=2, K=3, H=32, W=48, strides=(4, 8, 16, 32)),
+           "gpu": dict(B=64, K=40, H=288, W=384, strides=(4, 8, 16, 32))},
     make_inputs=_ms_attention_mix_inputs,
     reference_fn=_ms_mix(reference.ms_attention_mix),
     fused_fn=lambda backend: _ms_mix(lambda v, a, s: ops.ms_attention_mix(v, a, s, backend=backend)),
@@ -146,7 +149,8 @@ CASES["ms_attention_mix"] = BenchCase(
 CASES["sfa_apply"] = BenchCase(
     op="sfa_apply",
     sizes={"full": dict(T=4, B=8, C=(64, 128, 256, 512), M=1, H=288, W=384, strides=(4, 8, 16, 32)),
-           "quick": dict(T=2, B=2, C=(4, 8, 8, 16), M=1, H=32, W=48, strides=(4, 8, 16, 32))},
+           "quick": dict(T=2, B=2, C=(4, 8, 8, 16), M=1, H=32, W=48, strides=(4, 8, 16, 32)),
+           "gpu": dict(T=4, B=32, C=(64, 128, 256, 512), M=1, H=288, W=384, strides=(4, 8, 16, 32))},
     make_inputs=_sfa_apply_inputs,
     reference_fn=_sfa_all_scales(reference.sfa_apply),
     fused_fn=lambda backend: _sfa_all_scales(lambda f, m: ops.sfa_apply(f, m, backend=backend)),
