@@ -33,12 +33,17 @@ def register_op(name: str, backends: tuple[str, ...]) -> None:
     OPS[name] = tuple(b for b in BACKENDS if b in backends)
 
 
+# Whether Triton is installed, looked up once: the backend choice runs inside torch.compile'd code, and
+# Dynamo (torch 2.11) refuses to trace importlib's find_spec.
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def triton_interpret_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _triton_reason(device_type: str) -> str | None:
-    if importlib.util.find_spec("triton") is None:
+    if not _TRITON_INSTALLED:
         return "triton is not installed (pip install triton)"
     if device_type == "cuda":
         return None if torch.cuda.is_available() else "no CUDA device is available"

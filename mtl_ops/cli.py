@@ -39,9 +39,13 @@ def _cmd_bench(args) -> int:
     if device is not None and device.type == "cuda" and not torch.cuda.is_available():
         print("mtl-ops bench: --device cuda but no CUDA device is available", file=sys.stderr)
         return 2
-    timing = dict(min_repeats=2, min_seconds=0.0, warmup=1) if args.quick else {}
+    timing = dict(min_repeats=2, min_seconds=0.0, warmup=1) if args.quick else dict(min_seconds=args.min_seconds)
+    if args.once:
+        timing = dict(min_repeats=1, min_seconds=0.0, warmup=1)
     size = "quick" if args.quick else args.size
-    rows = run_benchmarks(args.ops or None, device, dtypes, size, on_row=_jsonl_writer(args.jsonl), **timing)
+    rows = run_benchmarks(args.ops or None, device, dtypes, size, on_row=_jsonl_writer(args.jsonl),
+                          only=tuple(args.providers) if args.providers else None, measure_memory=not args.once,
+                          **timing)
     print(format_table(rows))
     for op in dict.fromkeys(r["op"] for r in rows):
         if CASES[op].target and not args.quick:
@@ -67,12 +71,15 @@ def _bench_networks(args) -> int:
         print("mtl-ops bench: --device cuda but no CUDA device is available", file=sys.stderr)
         return 2
     timing = dict(min_repeats=2, min_seconds=0.0, warmup=1) if args.quick else dict(min_repeats=5, min_seconds=0.3)
+    if args.once:
+        timing = dict(min_repeats=1, min_seconds=0.0, warmup=1)
     rows = []
     for name in args.dtype:
         if name not in _DTYPES:
             print(f"mtl-ops bench: --dtype must be one of {sorted(_DTYPES)}, got {name!r}", file=sys.stderr)
             return 2
         rows += network_rows(args.ops or None, device, _DTYPES[name], "quick" if args.quick else "full",
+                             only=tuple(args.providers) if args.providers else None,
                              on_row=_jsonl_writer(args.jsonl), **timing)
     print(format_network_table(rows))
     if args.json:
@@ -275,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="full: the stated sizes (default); gpu: sizes several times a GPU's L2 cache for the "
                         "memory-bound ops (the others keep their full size)")
     p.add_argument("--jsonl", metavar="PATH", help="append each row to PATH as it is measured (JSON lines)")
+    p.add_argument("--providers", nargs="+", metavar="NAME",
+                   help="run only these providers (reference, compile(reference), cpp, cuda, triton, ...; with "
+                        "--networks: reference, fused, compile(reference))")
+    p.add_argument("--min-seconds", type=float, default=0.5,
+                   help="time each provider for at least this long (default 0.5; the median is reported)")
+    p.add_argument("--once", action="store_true",
+                   help="one call per provider, no memory measurement: fills the compile caches, measures nothing")
     p.add_argument("--json", metavar="PATH", help="also write the rows (op, provider, shape, dtype, device, "
                                                    "versions, commit, time, peak memory) as JSON")
     p.set_defaults(func=_cmd_bench)

@@ -73,9 +73,11 @@ def make_step(model: torch.nn.Module, forward: Callable, images: torch.Tensor, d
 
 
 def network_rows(methods=None, device: torch.device | None = None, dtype: torch.dtype = torch.float32,
-                 size: str = "full", compile_reference: bool = True,
+                 size: str = "full", only: tuple | None = None,
                  on_row: Callable[[dict], None] | None = None, **timing) -> list[dict]:
-    """Rows (method, provider, step time, ratio to the reference step) for each method."""
+    """Rows (method, provider, step time, ratio to the reference step) for each method; ``only``: the
+    providers to run ("reference", "fused", "compile(reference)"; default all)."""
+    run = lambda name: only is None or name in only  # noqa: E731
     from ..train.methods import available_methods
 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -112,10 +114,11 @@ def network_rows(methods=None, device: torch.device | None = None, dtype: torch.
     # timing it: a run with a deadline gets every eager comparison before any compile time is spent).
     for method in methods:
         model = build_network(method, s, device)
-        measure(method, "reference", "reference", model, model)
-        measure(method, "fused", None, model, model)
+        for name, backend in (("reference", "reference"), ("fused", None)):
+            if run(name):
+                measure(method, name, backend, model, model)
         del model
-    if compile_reference:
+    if run("compile(reference)"):
         for method in methods:
             model = build_network(method, s, device)
             measure(method, "compile(reference)", "reference", model, torch.compile(model))

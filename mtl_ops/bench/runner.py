@@ -154,17 +154,19 @@ def device_name(device: torch.device) -> str:
 
 
 def run_case(case: BenchCase, device: torch.device, dtype: torch.dtype, size: str = "full",
-             modes=MODES, on_row: Callable[[dict], None] | None = None, **timing) -> list[dict]:
+             modes=MODES, on_row: Callable[[dict], None] | None = None, only: tuple | None = None,
+             measure_memory: bool = True, **timing) -> list[dict]:
     """Rows of every provider in every mode of ``case`` at ``size``; ``on_row(row)`` is called as each row is
     measured (a long run keeps what it measured if it is stopped). A provider that fails (e.g. a backend
-    that cannot run these inputs) gives a row with its error instead of stopping the case."""
+    that cannot run these inputs) gives a row with its error instead of stopping the case. ``only``: the
+    provider names to run (default all); ``measure_memory=False`` skips the peak-memory call."""
     inputs = case.make_inputs(case.sizes[size], device, dtype)
     common = dict(op=case.op, size=size, shape=case.label(size), dtype=str(dtype).replace("torch.", ""),
                   device=device_name(device), torch=str(torch.__version__), mtl_ops=__version__, commit=_commit(),
                   timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     peak_bw = device_copy_bandwidth(device)
     rows = []
-    providers = providers_for(case, device)
+    providers = [p for p in providers_for(case, device) if only is None or p.name in only]
     for mode in (m for m in modes if m in case.modes):
         ref_time = compile_time = None
         nbytes = min_bytes_moved(case.reference_fn, inputs, mode)
@@ -173,7 +175,7 @@ def run_case(case: BenchCase, device: torch.device, dtype: torch.dtype, size: st
             try:
                 call = make_call(p.fn, inputs, mode)
                 seconds = time_call(call, device, **timing)
-                peak = peak_memory_bytes(call, device)
+                peak = peak_memory_bytes(call, device) if measure_memory else None
             except Exception as e:  # noqa: BLE001 - recorded in the row, the other providers still run
                 row.update(error=f"{type(e).__name__}: {e}"[:500], time_ms=None, speedup_vs_reference=None,
                            speedup_vs_compile=None, peak_mem_bytes=None)
@@ -194,7 +196,8 @@ def run_case(case: BenchCase, device: torch.device, dtype: torch.dtype, size: st
 
 
 def run_benchmarks(op_names=None, device: torch.device | None = None, dtypes=(torch.float32,), size="full",
-                   on_row: Callable[[dict], None] | None = None, **timing) -> list[dict]:
+                   on_row: Callable[[dict], None] | None = None, only: tuple | None = None,
+                   measure_memory: bool = True, **timing) -> list[dict]:
     """Rows of every op in ``op_names`` (default: all) for every dtype. ``size``: a size name every case has
     ("full", "quick"), or "gpu" (the case's GPU size where it has one, else "full")."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -206,7 +209,8 @@ def run_benchmarks(op_names=None, device: torch.device | None = None, dtypes=(to
     for n in names:
         case_size = size if size in CASES[n].sizes else "full"
         for dtype in dtypes:
-            rows += run_case(CASES[n], device, dtype, case_size, on_row=on_row, **timing)
+            rows += run_case(CASES[n], device, dtype, case_size, on_row=on_row, only=only,
+                             measure_memory=measure_memory, **timing)
     return rows
 
 
