@@ -17,6 +17,7 @@
 #include "../common/gated_residual_args.h"
 #include "../common/rpg_args.h"
 #include "../common/rpg_primitives.h"
+#include "routed_primitive_gather.h"
 
 namespace mtl_ops::cpu {
 namespace {
