@@ -22,6 +22,11 @@ PRIMITIVE_SETS = {
     "all": [(IDENTITY, 0, 0), (AVG_POOL, 0, 0), (MAX_POOL, 0, 0), (SHIFT, -1, 1), (NOISE, 0, 0), (DW_CONV, 2, 0),
             (DENSE_CONV, 1, 0)],
     "linear": [(IDENTITY, 0, 0), (AVG_POOL, 0, 0), (SHIFT, 1, -2), (NOISE, 0, 0), (DW_CONV, 2, 0), (DENSE_CONV, 1, 0)],
+    # more primitives than the CUDA kernels take per launch (16), max pools and dense convs on both sides
+    "many18": [(IDENTITY, 0, 0), (AVG_POOL, 0, 0), (MAX_POOL, 0, 0), (SHIFT, -1, 1), (NOISE, 0, 0), (DW_CONV, 2, 0),
+               (DENSE_CONV, 1, 0), (SHIFT, 2, 0), (DW_CONV, 1, 0), (MAX_POOL, 0, 0), (AVG_POOL, 0, 0), (NOISE, 0, 0),
+               (DENSE_CONV, 2, 0), (IDENTITY, 0, 0), (SHIFT, 0, -2), (DW_CONV, 3, 0), (MAX_POOL, 0, 0),
+               (DENSE_CONV, 1, 0)],
 }
 
 

@@ -60,6 +60,7 @@ def test_parity_dtypes(backend, dtype):
     dict(T=2, B=3, C=4, H=13, W=3, C_sh=8, C_sp=1, groups=4, stride=2),
     dict(T=2, B=1, C=4, H=6, W=5, C_sh=4, C_sp=0, groups=1),        # sharing ratio 1: no task channels
     dict(T=2, B=1, C=3, H=40, W=30, C_sh=3, C_sp=2, groups=1),      # several row tiles per image
+    dict(T=2, B=0, C=4, H=5, W=6, C_sh=4, C_sp=2, groups=2),        # empty batch
 ], ids=str)
 def test_parity_shapes(backend, case):
     check_against_reference(backend, prims="all", **case)
@@ -105,6 +106,43 @@ def test_max_pool_ties_route_to_first_maximum():
         assert_close(dx, want.double(), torch.float32)
 
 
+def _neg_inf_windows_case(stride, device="cpu"):
+    """Max pool alone (d_x comes from it only) on an input whose border windows hold nothing but -inf inside
+    the image: top-left corner, a strip along the left border, one along the right border, and an interior
+    window."""
+    args, kwargs = make_case(prims="max_pool", T=2, B=1, C=2, H=9, W=10, C_sh=2, C_sp=1, groups=1, stride=stride,
+                             device=device)
+    args = list(args)
+    x = args[0].clone()
+    inf = float("-inf")
+    x[:, :, :2, :2] = inf
+    x[:, 0, 3:9, :2] = inf
+    x[:, 1, :, -2:] = inf
+    x[:, 0, 4:7, 4:7] = inf
+    args[0] = x
+    args[6] = torch.zeros_like(args[6])
+    return args, kwargs
+
+
+def check_neg_inf_windows(backend, stride, device="cpu"):
+    """PyTorch's max_pool2d (the reference) gives a window whose in-image values are all -inf its gradient at
+    the first in-image tap; every backend must do the same, never lose it into the padding."""
+    args, kwargs = _neg_inf_windows_case(stride, device)
+    _, (dx, *_), grad_out = run_with_grads(lambda *a, **k: routed_primitive_gather(*a, backend=backend, **k),
+                                           args, kwargs)
+    args64 = [a.double() if isinstance(a, torch.Tensor) else a for a in args]
+    args64[3] = [f.double() for f in args[3]]
+    _, (want, *_), _ = run_with_grads(reference, args64, kwargs, grad_out.double())
+    assert torch.isfinite(want).all()
+    assert_close(dx, want, torch.float32, "reduction", what="d_x")
+
+
+@pytest.mark.parametrize("backend", backend_params(OP, "cpu", ("cpp", "triton")))
+@pytest.mark.parametrize("stride", [1, 2])
+def test_max_pool_neg_inf_windows_route_to_first_in_image_tap(backend, stride):
+    check_neg_inf_windows(backend, stride)
+
+
 @pytest.mark.parametrize("backend, prims, stride", [("reference", "default5", 2)] + [
     pytest.param(b.values[0], prims, stride, marks=b.marks, id=f"{b.id}-{prims}-{stride}")
     for b in backend_params(OP, "cpu", ("cpp",)) for prims, stride in (("all", 1), ("default5", 2))])
@@ -148,9 +186,14 @@ def test_opcheck(backend, stride):
 
 @pytest.mark.parametrize("backend", backend_params(OP, "cpu", ("cpp", "triton")))
 def test_compile_fullgraph(backend):
+    check_compile_fullgraph(backend, "cpu")
+
+
+def check_compile_fullgraph(backend, device):
     torch._dynamo.reset()
     tiny = dict(TRITON_TINY, C=1, C_sh=1, groups=1, H=3, W=4)
-    args, kwargs = make_case(prims="default5" if backend == "cpp" else "avg_pool", stride=2, **tiny)
+    interpreted = backend == "triton" and device == "cpu"
+    args, kwargs = make_case(prims="avg_pool" if interpreted else "default5", stride=2, device=device, **tiny)
 
     def step(x, ws, bs, wt, bt):
         return routed_primitive_gather(x, args[1], args[2], args[3], ws, bs, wt, bt, backend=backend,
@@ -237,10 +280,164 @@ def test_parity_cuda(backend, dtype, prims, stride):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("backend", backend_params(OP, "cuda"))
-@pytest.mark.parametrize("case", [dict(T=2, B=1, C=4, H=6, W=5, C_sh=4, C_sp=0, groups=1),
-                                  dict(T=3, B=2, C=6, H=33, W=35, C_sh=3, C_sp=2, groups=3, stride=2)], ids=str)
+@pytest.mark.parametrize("case", [
+    dict(T=2, B=1, C=4, H=6, W=5, C_sh=4, C_sp=0, groups=1),             # C_sh = C_out: no task channels
+    dict(T=2, B=2, C=4, H=7, W=9, C_sh=0, C_sp=3, groups=1),             # no shared channels
+    dict(T=3, B=2, C=6, H=33, W=35, C_sh=3, C_sp=2, groups=3, stride=2),
+    dict(T=2, B=3, C=4, H=13, W=3, C_sh=8, C_sp=1, groups=4, stride=2),  # C_sh > C_in
+    dict(T=2, B=1, C=8, H=2, W=3, C_sh=4, C_sp=2, groups=2, stride=3),   # an image smaller than the stride
+    dict(T=1, B=1, C=1, H=1, W=1, C_sh=1, C_sp=1, groups=1),             # 1x1 image
+    dict(T=2, B=0, C=4, H=5, W=6, C_sh=4, C_sp=2, groups=2),             # empty batch
+], ids=str)
 def test_parity_cuda_shapes(backend, case):
     check_against_reference(backend, torch.float32, prims="all", device="cuda", **case)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", backend_params(OP, "cuda"))
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("prims", sorted(PRIMITIVE_SETS))
+def test_parity_cuda_each_primitive_and_mixtures(backend, prims, stride):
+    check_against_reference(backend, prims=prims, stride=stride, groups=2, device="cuda", H=10, W=13)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", backend_params(OP, "cuda"))
+def test_parity_cuda_benchmark_size(backend):
+    """The benchmark's configuration (ETR-NLP's default five primitives, sharing ratio 0.9, G = 1)."""
+    check_against_reference(backend, prims="default5", T=3, B=8, C=64, H=72, W=96, C_sh=57, C_sp=7, groups=1,
+                            device="cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", backend_params(OP, "cuda"))
+@pytest.mark.parametrize("stride", [1, 2])
+def test_max_pool_neg_inf_windows_cuda(backend, stride):
+    check_neg_inf_windows(backend, stride, device="cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", backend_params(OP, "cuda"))
+@pytest.mark.parametrize("stride", [1, 2])
+def test_cuda_backward_is_deterministic(backend, stride):
+    """Two runs give the same forward and gradients bit for bit (no atomics in any reduction)."""
+    args, kwargs = make_case(prims="all", T=2, B=2, C=16, H=40, W=36, C_sh=16, C_sp=8, groups=2, stride=stride,
+                             device="cuda")
+    fn = lambda *a, **k: routed_primitive_gather(*a, backend=backend, **k)  # noqa: E731
+    y1, grads1, grad_out = run_with_grads(fn, args, kwargs)
+    y2, grads2, _ = run_with_grads(fn, args, kwargs, grad_out)
+    assert torch.equal(y1, y2)
+    for name, a, b in zip(("d_x", "d_w_shared", "d_b_shared", "d_w_task", "d_b_task"), grads1, grads2):
+        assert torch.equal(a, b), f"{name} differs between two runs"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", backend_params(OP, "cuda", ("cuda",)))
+def test_cuda_exact_fp32_with_tf32_enabled(backend):
+    """The op's matrix products stay exact fp32 when a training script turns TF32 on globally."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.get_float32_matmul_precision())
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")
+        check_against_reference(backend, prims="all", T=2, B=2, C=32, H=24, W=20, C_sh=28, C_sp=4, groups=4,
+                                device="cuda")
+    finally:
+        torch.set_float32_matmul_precision(saved[2])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", backend_params(OP, "cuda", ("cuda",)))
+def test_cuda_bank_in_chunks(backend, monkeypatch):
+    """A bound on the primitive bank below one image's worth: the images go one per chunk."""
+    monkeypatch.setenv("MTL_OPS_RPG_BANK_BYTES", "1")
+    check_against_reference(backend, prims="many18", T=2, B=2, C=4, H=9, W=11, C_sh=4, C_sp=2, groups=2,
+                            device="cuda")
+    monkeypatch.setenv("MTL_OPS_RPG_BANK_BYTES", "lots")
+    args, kwargs = make_case(prims="default5", device="cuda")
+    with pytest.raises(RuntimeError, match=r"MTL_OPS_RPG_BANK_BYTES must be a positive number of bytes, got 'lots'"):
+        torch.ops.mtl_ops.routed_primitive_gather_forward(*args, kwargs["stride"], kwargs["groups"])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", backend_params(OP, "cuda"))
+@pytest.mark.parametrize("stride", [1, 2])
+def test_cuda_graph_capture_and_replay(backend, stride):
+    """Forward and backward operators captured in a CUDA graph (no host-to-device copy, no synchronisation)
+    and replayed on new input values give the eager results."""
+    forward, backward = _ops(backend)
+    args, kwargs = make_case(prims="all", T=2, B=2, C=8, H=12, W=13, C_sh=8, C_sp=4, groups=2, stride=stride,
+                             device="cuda")
+    x, kinds, params, frozen, ws, bs, wt, bt = args
+    static_x = x.clone()
+    static_g = torch.randn_like(forward(*args, stride, kwargs["groups"]))
+
+    def step():
+        y = forward(static_x, kinds, params, frozen, ws, bs, wt, bt, stride, kwargs["groups"])
+        return (y, *backward(static_g, static_x, kinds, params, frozen, ws, bs, wt, bt, stride, kwargs["groups"]))
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture (allocator, cuBLAS workspace)
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    static_x.copy_(torch.randn_like(x))
+    static_g.copy_(torch.randn_like(static_g))
+    graph.replay()
+    torch.cuda.synchronize()
+    for got, want in zip(captured, step()):
+        assert_close(got, want.double(), torch.float32, what="graph replay vs eager")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", backend_params(OP, "cuda"))
+def test_cuda_non_default_stream(backend):
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        check_against_reference(backend, prims="all", T=2, B=2, C=6, H=30, W=27, C_sh=6, C_sp=3, groups=3,
+                                device="cuda")
+    torch.cuda.current_stream().wait_stream(side)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+@pytest.mark.parametrize("backend", backend_params(OP, "cuda"))
+def test_cuda_tensors_on_non_current_device(backend):
+    with torch.cuda.device(0):
+        check_against_reference(backend, prims="all", T=2, B=1, C=4, H=9, W=8, C_sh=4, C_sp=2, groups=2,
+                                device="cuda:1")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", backend_params(OP, "cuda"))
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+def test_cuda_input_layouts(backend, layout):
+    args, kwargs = make_case(prims="all", T=2, B=2, C=4, H=9, W=11, C_sh=4, C_sp=2, groups=2, device="cuda")
+    x = args[0]
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    else:
+        big = torch.zeros(*x.shape[:-1], 2 * x.shape[-1], dtype=x.dtype, device=x.device)
+        big[..., ::2] = x
+        x = big[..., ::2]
+    fn = lambda *a, **k: routed_primitive_gather(*a, backend=backend, **k)  # noqa: E731
+    y, grads, grad_out = run_with_grads(fn, [x, *args[1:]], kwargs)
+    y_c, grads_c, _ = run_with_grads(fn, args, kwargs, grad_out)
+    assert_close(y, y_c.double(), torch.float32, "reduction")
+    for got, want in zip(grads, grads_c):
+        assert_close(got, want.double(), torch.float32, "reduction")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", backend_params(OP, "cuda"))
+def test_compile_fullgraph_cuda(backend):
+    check_compile_fullgraph(backend, "cuda")
 
 
 @pytest.mark.cuda

@@ -17,6 +17,7 @@
 #include "../common/gated_residual_args.h"
 #include "../common/rpg_args.h"
 #include "../common/rpg_primitives.h"
+#include "routed_primitive_gather.h"
 
 namespace mtl_ops::cpu {
 namespace {
@@ -183,12 +184,6 @@ struct TileBank {
   }
 };
 
-template <typename V>
-struct OffsetAdder {
-  V* base;
-  void operator()(int64_t off, V v) const { base[off] += v; }
-};
-
 }  // namespace
 
 at::Tensor routed_primitive_gather_forward(const at::Tensor& x_in, at::IntArrayRef kinds, at::IntArrayRef params,
@@ -328,10 +323,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> routed_pr
                   for (int64_t i = i0; i < i1; ++i) {
                     V* d0 = dxp + c * tb.xp.plane + (i * st + tb.xp.P) * tb.xp.Wp + tb.xp.P;
                     const V* g = row + (i - i0) * s.Wo;
-                    if constexpr (K == kMaxPool) {
+                    if constexpr (K == kMaxPool) {  // to the argmax, PyTorch's (first in-image maximum)
                       const V* at0 = tb.xp.at(tb.xp.neg, c, i * st, 0);
-                      for (int64_t j = 0; j < s.Wo; ++j)
-                        rpg_adjoint<K, V>(at0 + j * st, tb.xp.Wp, a, b, w9, g[j], OffsetAdder<V>{d0 + j * st});
+                      for (int64_t j = 0; j < s.Wo; ++j) {
+                        const int tap = rpg_max_tap(at0 + j * st, tb.xp.Wp, rpg_max_first_tap(i * st, j * st));
+                        d0[j * st + rpg_tap_offset(tap, tb.xp.Wp)] += g[j];
+                      }
                     } else {  // linear: the transposed taps, tap-outer
                       const RpgTaps<V> taps = rpg_linear_taps<K, V>(tb.xp.Wp, a, b, w9);
                       for (int e = 0; e < taps.n; ++e) {

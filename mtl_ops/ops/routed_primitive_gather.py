@@ -8,8 +8,9 @@ For route t (the t-th slice of B samples of x):
 Operators: ``mtl_ops::routed_primitive_gather_forward`` / ``_backward`` (C++; CPU and CUDA kernels, schemas
 in csrc/ops.cpp) and ``..._forward_triton`` / ``..._backward_triton`` (Triton, defined
 here). Each has a fake kernel and autograd; the public function applies ``RoutedPrimitiveGatherFunction``, whose forward and
-backward call the chosen backend's operators (the reference backend is plain autograd). None of them
-materialises the primitive bank; the backward recomputes the responses (max-pool argmax included).
+backward call the chosen backend's operators (the reference backend is plain autograd). The CPU and Triton
+kernels never materialise the primitive bank (the CUDA kernel holds it in chunks of images, for its GEMMs);
+the backward recomputes the responses (max-pool argmax included).
 """
 from __future__ import annotations
 
