@@ -54,18 +54,20 @@ __device__ __forceinline__ PixelTaps<acc_t, int32_t> scale_taps(const Scales<sca
                                     bilinear_scale<acc_t>(sc.w[s], W));
 }
 
-template <typename scalar_t, typename acc_t>
+// kS: the most scales this instantiation handles (4 or 8; per-scale state lives in registers, so the S <= 4 one
+// needs about half of them).
+template <int kS, typename scalar_t, typename acc_t>
 __global__ void forward_kernel(Scales<scalar_t> sc, scalar_t* __restrict__ out, acc_t* __restrict__ lse, int64_t B,
                                int64_t K, int64_t H, int64_t W) {
   const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (p >= H * W) return;
   const int64_t y = p / W, x = p % W, HW = H * W;
   for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {
-    PixelTaps<acc_t, int32_t> taps[kMaxScales];
-    acc_t wgt[kMaxScales];
+    PixelTaps<acc_t, int32_t> taps[kS];
+    acc_t wgt[kS];
     acc_t m = -INFINITY;
 #pragma unroll
-    for (int s = 0; s < kMaxScales; ++s) {
+    for (int s = 0; s < kS; ++s) {
       if (s < sc.S) {
         taps[s] = scale_taps<scalar_t, acc_t>(sc, s, y, x, H, W);
         wgt[s] = tap_sample(taps[s], sc.l[s] + b * sc.h[s] * sc.w[s]);
@@ -74,7 +76,7 @@ __global__ void forward_kernel(Scales<scalar_t> sc, scalar_t* __restrict__ out, 
     }
     acc_t total = 0;
 #pragma unroll
-    for (int s = 0; s < kMaxScales; ++s) {
+    for (int s = 0; s < kS; ++s) {
       if (s < sc.S) {
         wgt[s] = exp(wgt[s] - m);
         total += wgt[s];
@@ -83,7 +85,7 @@ __global__ void forward_kernel(Scales<scalar_t> sc, scalar_t* __restrict__ out, 
     lse[b * HW + p] = m + log(total);
     // Fold the softmax weight into the bilinear weights: a channel is then sum_s sum_q coef * v_s[offset].
 #pragma unroll
-    for (int s = 0; s < kMaxScales; ++s) {
+    for (int s = 0; s < kS; ++s) {
       if (s < sc.S) {
         const acc_t ws = wgt[s] / total;
 #pragma unroll
@@ -93,7 +95,7 @@ __global__ void forward_kernel(Scales<scalar_t> sc, scalar_t* __restrict__ out, 
     for (int64_t k = 0; k < K; ++k) {
       acc_t acc = 0;
 #pragma unroll
-      for (int s = 0; s < kMaxScales; ++s)
+      for (int s = 0; s < kS; ++s)
         if (s < sc.S) acc += tap_sample(taps[s], sc.v[s] + (b * K + k) * sc.h[s] * sc.w[s]);
       out[(b * K + k) * HW + p] = static_cast<scalar_t>(acc);
     }
@@ -101,7 +103,7 @@ __global__ void forward_kernel(Scales<scalar_t> sc, scalar_t* __restrict__ out, 
 }
 
 // Backward pass 1: per output pixel, wts[b, s] = w_s and da[b, s] = w_s (gv_s - go).
-template <typename scalar_t, typename acc_t>
+template <int kS, typename scalar_t, typename acc_t>
 __global__ void row_terms_kernel(Scales<scalar_t> sc, const scalar_t* __restrict__ g, const acc_t* __restrict__ lse,
                                  acc_t* __restrict__ wts, acc_t* __restrict__ da, int64_t B, int64_t K, int64_t H,
                                  int64_t W) {
@@ -110,10 +112,10 @@ __global__ void row_terms_kernel(Scales<scalar_t> sc, const scalar_t* __restrict
   const int64_t y = p / W, x = p % W, HW = H * W;
   for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {
     const acc_t l = lse[b * HW + p];
-    PixelTaps<acc_t, int32_t> taps[kMaxScales];
-    acc_t wgt[kMaxScales], gv[kMaxScales];
+    PixelTaps<acc_t, int32_t> taps[kS];
+    acc_t wgt[kS], gv[kS];
 #pragma unroll
-    for (int s = 0; s < kMaxScales; ++s) {
+    for (int s = 0; s < kS; ++s) {
       if (s < sc.S) {
         taps[s] = scale_taps<scalar_t, acc_t>(sc, s, y, x, H, W);
         wgt[s] = exp(tap_sample(taps[s], sc.l[s] + b * sc.h[s] * sc.w[s]) - l);
@@ -123,15 +125,15 @@ __global__ void row_terms_kernel(Scales<scalar_t> sc, const scalar_t* __restrict
     for (int64_t k = 0; k < K; ++k) {
       const acc_t gk = static_cast<acc_t>(g[(b * K + k) * HW + p]);
 #pragma unroll
-      for (int s = 0; s < kMaxScales; ++s)
+      for (int s = 0; s < kS; ++s)
         if (s < sc.S) gv[s] += gk * tap_sample(taps[s], sc.v[s] + (b * K + k) * sc.h[s] * sc.w[s]);
     }
     acc_t go = 0;
 #pragma unroll
-    for (int s = 0; s < kMaxScales; ++s)
+    for (int s = 0; s < kS; ++s)
       if (s < sc.S) go += wgt[s] * gv[s];
 #pragma unroll
-    for (int s = 0; s < kMaxScales; ++s) {
+    for (int s = 0; s < kS; ++s) {
       if (s < sc.S) {
         wts[(b * sc.S + s) * HW + p] = wgt[s];
         da[(b * sc.S + s) * HW + p] = wgt[s] * (gv[s] - go);
@@ -248,9 +250,15 @@ std::tuple<at::Tensor, at::Tensor> ms_attention_mix_forward(at::TensorList value
   if (B == 0) return {out, lse};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "ms_attention_mix_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    forward_kernel<scalar_t, acc_t><<<pixel_grid(B, H, W), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        make_scales<scalar_t>(values, logits), out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>(), B,
-        K, H, W);
+    const auto sc = make_scales<scalar_t>(values, logits);
+    const auto stream = at::cuda::getCurrentCUDAStream();
+    if (sc.S <= 4) {
+      forward_kernel<4, scalar_t, acc_t><<<pixel_grid(B, H, W), kThreads, 0, stream>>>(
+          sc, out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>(), B, K, H, W);
+    } else {
+      forward_kernel<kMaxScales, scalar_t, acc_t><<<pixel_grid(B, H, W), kThreads, 0, stream>>>(
+          sc, out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>(), B, K, H, W);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {out, lse};
@@ -280,9 +288,16 @@ std::vector<at::Tensor> ms_attention_mix_backward(const at::Tensor& grad_out, at
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "ms_attention_mix_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const auto stream = at::cuda::getCurrentCUDAStream();
-      row_terms_kernel<scalar_t, acc_t><<<pixel_grid(B, H, W), kThreads, 0, stream>>>(
-          make_scales<scalar_t>(values, logits), g.const_data_ptr<scalar_t>(), lse.const_data_ptr<acc_t>(),
-          wts.mutable_data_ptr<acc_t>(), da.mutable_data_ptr<acc_t>(), B, K, H, W);
+      const auto sc = make_scales<scalar_t>(values, logits);
+      if (sc.S <= 4) {
+        row_terms_kernel<4, scalar_t, acc_t><<<pixel_grid(B, H, W), kThreads, 0, stream>>>(
+            sc, g.const_data_ptr<scalar_t>(), lse.const_data_ptr<acc_t>(), wts.mutable_data_ptr<acc_t>(),
+            da.mutable_data_ptr<acc_t>(), B, K, H, W);
+      } else {
+        row_terms_kernel<kMaxScales, scalar_t, acc_t><<<pixel_grid(B, H, W), kThreads, 0, stream>>>(
+            sc, g.const_data_ptr<scalar_t>(), lse.const_data_ptr<acc_t>(), wts.mutable_data_ptr<acc_t>(),
+            da.mutable_data_ptr<acc_t>(), B, K, H, W);
+      }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       for (int64_t s = 0; s < S; ++s) {
         const int64_t h = values[s].size(2), w = values[s].size(3);
