@@ -11,11 +11,15 @@ TORCH_LIBRARY(mtl_ops, m) {
       " -> (Tensor, Tensor, Tensor)");
   // CTAL cross-task affinity (EMA-Net): x, v (B, T, C, H, W); weight (N, T, k, k) or (T, N, T, k, k); bias (N,)
   // or (T, N). Returns (r, gram): gram (k*k, B, T*C, T*C) in the accumulation dtype is saved for the backward.
-  m.def("ctal_affinity_forward(Tensor x, Tensor v, Tensor weight, Tensor bias, float gamma) -> (Tensor, Tensor)");
+  // allow_tf32 (ctal_affinity, cka): false = exact fp32 GEMMs whatever PyTorch's global fp32 matmul precision;
+  // true = the GEMMs follow it (TF32 tensor cores where torch enables them). csrc/common/fp32_matmul_precision.h.
+  m.def(
+      "ctal_affinity_forward(Tensor x, Tensor v, Tensor weight, Tensor bias, float gamma, bool allow_tf32=False)"
+      " -> (Tensor, Tensor)");
   // Returns (d_x, d_v, d_weight, d_bias); no tensor with N x N elements is allocated.
   m.def(
       "ctal_affinity_backward(Tensor grad_out, Tensor x, Tensor v, Tensor weight, Tensor bias, float gamma,"
-      " Tensor gram) -> (Tensor, Tensor, Tensor, Tensor)");
+      " Tensor gram, bool allow_tf32=False) -> (Tensor, Tensor, Tensor, Tensor)");
   // Medusa multi-scale attention: S value maps (B, K, h_s, w_s) and logit maps (B, 1, h_s, w_s), bilinearly
   // resized (align_corners=False) to size = (H, W), softmax over scales per pixel, weighted sum.
   // Returns (out (B, K, H, W), lse (B, H, W) in fp32 / fp64: the per-pixel log-sum-exp of the logits).
@@ -40,5 +44,5 @@ TORCH_LIBRARY(mtl_ops, m) {
       " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // PDF all-pairs linear CKA: features (T, n, d); returns (T, T) (float64 for float64 input, else float32).
   // Forward only (task similarity is measured, never differentiated).
-  m.def("cka_forward(Tensor features, bool debiased) -> Tensor");
+  m.def("cka_forward(Tensor features, bool debiased, bool allow_tf32=False) -> Tensor");
 }

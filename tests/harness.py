@@ -2,6 +2,8 @@
 a comparison that reports the worst element."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -81,3 +83,55 @@ def assert_compiled_matches_eager(step, run_with_grads, *inputs) -> None:
     assert_close(y, y_eager.detach().double(), torch.float32, "reduction")
     for got, want in zip(compiled_grads, eager_grads):
         assert_close(got, want, torch.float32, "reduction")
+
+
+# ---- PyTorch's global fp32 matmul settings (TF32 / bf16 GEMMs) ---------------------------------------------------
+
+def _fp32_precision_settings() -> list:
+    """The per-backend ``fp32_precision`` settings this torch has (torch >= 2.9)."""
+    return [o for o in (torch.backends.cuda.matmul, getattr(torch.backends.mkldnn, "matmul", None))
+            if o is not None and hasattr(o, "fp32_precision")]
+
+
+def matmul_precision_snapshot() -> dict:
+    """Every global fp32 matmul setting, read through its own getter (a getter that rejects the state, as PyTorch's
+    legacy ones do where the legacy and the fp32_precision API were mixed, reads as the error's type name)."""
+    getters = {
+        "cuda.matmul.allow_tf32": lambda: torch.backends.cuda.matmul.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision,
+        "cuda.matmul.fp32_precision": lambda: torch.backends.cuda.matmul.fp32_precision,
+        "mkldnn.matmul.fp32_precision": lambda: torch.backends.mkldnn.matmul.fp32_precision,
+        "preferred_blas_library": lambda: str(torch.backends.cuda.preferred_blas_library()),
+    }
+    snapshot = {}
+    for name, get in getters.items():
+        try:
+            snapshot[name] = get()
+        except Exception as e:  # noqa: BLE001 - recorded, compared as a value
+            snapshot[name] = type(e).__name__
+    return snapshot
+
+
+@contextlib.contextmanager
+def global_matmul_precision(precision: str | None = None, *, allow_tf32: bool | None = None,
+                            blas: str | None = None):
+    """Sets PyTorch's global fp32 matmul settings for the block (``torch.set_float32_matmul_precision(precision)``,
+    ``torch.backends.cuda.matmul.allow_tf32``, ``torch.backends.cuda.preferred_blas_library(blas)``) and restores
+    all of them afterwards, also when the block raises. With no argument it only restores."""
+    saved_precision = torch.get_float32_matmul_precision()
+    saved_settings = [(o, o.fp32_precision) for o in _fp32_precision_settings()]
+    saved_blas = torch.backends.cuda.preferred_blas_library()
+    try:
+        if precision is not None:
+            torch.set_float32_matmul_precision(precision)
+        if allow_tf32 is not None:
+            torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+        if blas is not None:
+            torch.backends.cuda.preferred_blas_library(blas)
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved_precision)
+        for setting, value in saved_settings:
+            setting.fp32_precision = value
+        if torch.backends.cuda.preferred_blas_library() != saved_blas:
+            torch.backends.cuda.preferred_blas_library(saved_blas)

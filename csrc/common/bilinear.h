@@ -70,4 +70,69 @@ MTL_HOST_DEVICE int64_t gather_window(int64_t out, acc_t scale) {
   return w < out ? w : out;
 }
 
+// The gather backward splits a range into tiles of at most `len` positions (so the work of one GPU thread is
+// bounded whatever the scale: a 1 x 1 map's range is the whole output). Tile t of range r: [lo + t*len, ...)
+// clipped to r (empty past its end); gather_tiles(window, len) tiles cover every range of that window.
+MTL_HOST_DEVICE GatherRange gather_tile(const GatherRange& r, int64_t tile, int64_t len) {
+  int64_t lo = r.lo + tile * len;
+  if (lo > r.hi) lo = r.hi;
+  const int64_t hi = lo + len < r.hi ? lo + len : r.hi;
+  return {lo, hi};
+}
+
+MTL_HOST_DEVICE int64_t gather_tiles(int64_t window, int64_t len) { return (window + len - 1) / len; }
+
+// One tile (tile_y, tile_x) of the transposed bilinear resize at input element (i, j) of an (h, w) map resized to
+// (H, W): sum over the output positions (yy, xx) of the tile of w_y(yy) * w_x(xx) * value(yy, xx), w_y / w_x the
+// weights with which yy / xx read i / j. Summed over all tiles: the gradient of the map at (i, j) for an output
+// gradient `value`. `value` is a functor (host and device callable).
+template <typename acc_t, typename Value>
+MTL_HOST_DEVICE acc_t gather_tile_sum(int64_t i, int64_t j, int64_t h, int64_t w, int64_t H, int64_t W, acc_t sy,
+                                      acc_t sx, int64_t tile_y, int64_t tile_x, int64_t len, const Value& value) {
+  const GatherRange ry = gather_tile(gather_range<acc_t>(i, H, sy), tile_y, len);
+  const GatherRange rx = gather_tile(gather_range<acc_t>(j, W, sx), tile_x, len);
+  acc_t acc = acc_t(0);
+  for (int64_t yy = ry.lo; yy < ry.hi; ++yy) {
+    const acc_t wy = tap_weight(bilinear_tap<acc_t>(yy, h, sy), i);
+    if (wy == acc_t(0)) continue;
+    for (int64_t xx = rx.lo; xx < rx.hi; ++xx) {
+      const acc_t wx = tap_weight(bilinear_tap<acc_t>(xx, w, sx), j);
+      if (wx != acc_t(0)) acc += wy * wx * value(yy, xx);
+    }
+  }
+  return acc;
+}
+
+// The four taps of output pixel (y, x) of an (h, w) map resized to (H, W) (sy = h / H, sx = w / W): flat offsets
+// into the map and bilinear weights, sample = sum_q weight[q] * map[offset[q]]. Computed once per pixel and reused
+// for every channel; a tap of weight 0 (lambda = 0) still has an in-bounds offset.
+template <typename acc_t, typename index_t>
+struct PixelTaps {
+  index_t offset[4];
+  acc_t weight[4];
+};
+
+template <typename acc_t, typename index_t>
+MTL_HOST_DEVICE PixelTaps<acc_t, index_t> pixel_taps(int64_t y, int64_t x, int64_t h, int64_t w, acc_t sy, acc_t sx) {
+  const LinearTap<acc_t> ty = bilinear_tap<acc_t>(y, h, sy);
+  const LinearTap<acc_t> tx = bilinear_tap<acc_t>(x, w, sx);
+  const acc_t ly0 = acc_t(1) - ty.lambda, lx0 = acc_t(1) - tx.lambda;
+  PixelTaps<acc_t, index_t> t;
+  t.offset[0] = static_cast<index_t>(ty.i0 * w + tx.i0);
+  t.offset[1] = static_cast<index_t>(ty.i0 * w + tx.i1);
+  t.offset[2] = static_cast<index_t>(ty.i1 * w + tx.i0);
+  t.offset[3] = static_cast<index_t>(ty.i1 * w + tx.i1);
+  t.weight[0] = ly0 * lx0;
+  t.weight[1] = ly0 * tx.lambda;
+  t.weight[2] = ty.lambda * lx0;
+  t.weight[3] = ty.lambda * tx.lambda;
+  return t;
+}
+
+template <typename acc_t, typename index_t, typename scalar_t>
+MTL_HOST_DEVICE acc_t tap_sample(const PixelTaps<acc_t, index_t>& t, const scalar_t* map) {
+  return t.weight[0] * static_cast<acc_t>(map[t.offset[0]]) + t.weight[1] * static_cast<acc_t>(map[t.offset[1]]) +
+         t.weight[2] * static_cast<acc_t>(map[t.offset[2]]) + t.weight[3] * static_cast<acc_t>(map[t.offset[3]]);
+}
+
 }  // namespace mtl_ops

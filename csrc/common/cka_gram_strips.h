@@ -16,6 +16,7 @@
 #include <algorithm>
 
 #include "cka_args.h"
+#include "fp32_matmul_precision.h"
 
 namespace mtl_ops {
 
@@ -74,8 +75,10 @@ inline at::Tensor pairwise_inner(const at::Tensor& block) {
   return at::mm(flat, flat.t()).to(at::kDouble);
 }
 
-inline at::Tensor cka_gram_strips(const at::Tensor& features, bool debiased) {
+// allow_tf32: false = exact fp32 GEMMs whatever PyTorch's global matmul precision (fp32_matmul_precision.h).
+inline at::Tensor cka_gram_strips(const at::Tensor& features, bool debiased, bool allow_tf32) {
   check_cka_args(features, debiased);
+  const Fp32MatmulPrecisionGuard precision(allow_tf32, features.device().type());
   const int64_t T = features.size(0), n = features.size(1);
   const auto acc = features.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor x = features.to(acc);

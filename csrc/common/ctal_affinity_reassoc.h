@@ -12,7 +12,8 @@
 //   dV += dG_d S_d(F),  dF += S_d^T(dG_d^T V)  (key side),  then the normalisation's backward.
 // G (taps, B, T*C, T*C) is returned by the forward and saved for the backward: O(B T^2 C^2 k^2) memory.
 // Written with ATen operators (GEMMs via bmm), so the CPU and CUDA backends share it; everything runs in
-// the accumulation dtype (fp32, fp64 for fp64 inputs).
+// the accumulation dtype (fp32, fp64 for fp64 inputs). allow_tf32 = false makes every fp32 GEMM exact IEEE fp32
+// whatever PyTorch's global matmul precision; true lets them follow it (fp32_matmul_precision.h).
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/core/LegacyTypeDispatch.h>
@@ -20,6 +21,7 @@
 #include <tuple>
 
 #include "ctal_affinity_args.h"
+#include "fp32_matmul_precision.h"
 
 namespace mtl_ops::ctal {
 
@@ -75,8 +77,10 @@ inline void tap_reduce_aten(const at::Tensor& dQ, const at::Tensor& f, const at:
 }
 
 inline std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x, const at::Tensor& v, const at::Tensor& weight,
-                                                  const at::Tensor& bias, double gamma) {
+                                                  const at::Tensor& bias, double gamma,
+                                                  bool allow_tf32) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;  // a kernel: the operator's own autograd differentiates it
+  const Fp32MatmulPrecisionGuard precision(allow_tf32, x.device().type());
   const CtalGeometry g(x, weight);
   const auto acc = ctal_accumulate_type(x.scalar_type());
   const int64_t TC = g.T * g.C;
@@ -109,8 +113,10 @@ inline std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x, const at:
 
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& v, const at::Tensor& weight,
-    const at::Tensor& bias, double gamma, const at::Tensor& gram, TapReduceFn tap_reduce = tap_reduce_aten) {
+    const at::Tensor& bias, double gamma, const at::Tensor& gram, bool allow_tf32,
+    TapReduceFn tap_reduce = tap_reduce_aten) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const Fp32MatmulPrecisionGuard precision(allow_tf32, x.device().type());
   const CtalGeometry g(x, weight);
   const auto acc = ctal_accumulate_type(x.scalar_type());
   const int64_t TC = g.T * g.C;

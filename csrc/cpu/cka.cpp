@@ -6,9 +6,9 @@
 namespace mtl_ops::cpu {
 namespace {
 
-at::Tensor cka_forward(const at::Tensor& features, bool debiased) {
+at::Tensor cka_forward(const at::Tensor& features, bool debiased, bool allow_tf32) {
   TORCH_CHECK(features.device().is_cpu(), "cka: the cpp backend runs CPU tensors, got ", features.device());
-  return cka_gram_strips(features, debiased);
+  return cka_gram_strips(features, debiased, allow_tf32);
 }
 
 }  // namespace

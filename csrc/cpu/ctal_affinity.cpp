@@ -67,18 +67,18 @@ void tap_reduce_fused(const at::Tensor& dQ, const at::Tensor& f, const at::Tenso
 
 std::tuple<at::Tensor, at::Tensor> ctal_affinity_forward(const at::Tensor& x, const at::Tensor& v,
                                                          const at::Tensor& weight, const at::Tensor& bias,
-                                                         double gamma) {
+                                                         double gamma, bool allow_tf32) {
   check_ctal_affinity_args(x, v, weight, bias);
   TORCH_CHECK(x.device().is_cpu(), "ctal_affinity (cpp backend): tensors must be on the CPU, got ", x.device());
-  return ctal::forward(x, v, weight, bias, gamma);
+  return ctal::forward(x, v, weight, bias, gamma, allow_tf32);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ctal_affinity_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& v, const at::Tensor& weight,
-    const at::Tensor& bias, double gamma, const at::Tensor& gram) {
+    const at::Tensor& bias, double gamma, const at::Tensor& gram, bool allow_tf32) {
   check_ctal_affinity_args(x, v, weight, bias);
   TORCH_CHECK(x.device().is_cpu(), "ctal_affinity (cpp backend): tensors must be on the CPU, got ", x.device());
-  return ctal::backward(grad_out, x, v, weight, bias, gamma, gram, &tap_reduce_fused);
+  return ctal::backward(grad_out, x, v, weight, bias, gamma, gram, allow_tf32, &tap_reduce_fused);
 }
 
 TORCH_LIBRARY_IMPL(mtl_ops, CPU, m) {

@@ -11,7 +11,9 @@ __device__ __forceinline__ T warp_sum(T v) {
   return v;
 }
 
-// Valid in thread 0 only. blockDim.x must be a multiple of 32 and at most 1024.
+// Valid in thread 0 only. blockDim.x must be a multiple of 32 and at most 1024; every thread of the block must
+// call it (it synchronises the block). Safe to call any number of times in one kernel: the shared partials are
+// reused by the next call only after the __syncthreads() that ends this one (every thread has read them).
 template <typename T>
 __device__ __forceinline__ void block_sum2(T& a, T& b) {
   __shared__ T shared_a[32], shared_b[32];
@@ -26,6 +28,7 @@ __device__ __forceinline__ void block_sum2(T& a, T& b) {
   const int n_warps = blockDim.x >> 5;
   a = lane < n_warps ? shared_a[lane] : T(0);
   b = lane < n_warps ? shared_b[lane] : T(0);
+  __syncthreads();  // all reads of the partials done before a later call overwrites them
   if (warp == 0) {
     a = warp_sum(a);
     b = warp_sum(b);

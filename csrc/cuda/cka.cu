@@ -7,10 +7,10 @@
 namespace mtl_ops::cuda {
 namespace {
 
-at::Tensor cka_forward(const at::Tensor& features, bool debiased) {
+at::Tensor cka_forward(const at::Tensor& features, bool debiased, bool allow_tf32) {
   TORCH_CHECK(features.is_cuda(), "cka: the cuda backend runs CUDA tensors, got ", features.device());
   const c10::cuda::CUDAGuard guard(features.device());
-  return cka_gram_strips(features, debiased);
+  return cka_gram_strips(features, debiased, allow_tf32);
 }
 
 }  // namespace

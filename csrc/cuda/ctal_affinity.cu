@@ -15,20 +15,20 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor> ctal_affinity_forward(const at::Tensor& x, const at::Tensor& v,
                                                          const at::Tensor& weight, const at::Tensor& bias,
-                                                         double gamma) {
+                                                         double gamma, bool allow_tf32) {
   check_ctal_affinity_args(x, v, weight, bias);
   TORCH_CHECK(x.is_cuda(), "ctal_affinity (cuda backend): tensors must be on a CUDA device, got ", x.device());
   const c10::cuda::CUDAGuard guard(x.device());
-  return ctal::forward(x, v, weight, bias, gamma);
+  return ctal::forward(x, v, weight, bias, gamma, allow_tf32);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ctal_affinity_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& v, const at::Tensor& weight,
-    const at::Tensor& bias, double gamma, const at::Tensor& gram) {
+    const at::Tensor& bias, double gamma, const at::Tensor& gram, bool allow_tf32) {
   check_ctal_affinity_args(x, v, weight, bias);
   TORCH_CHECK(x.is_cuda(), "ctal_affinity (cuda backend): tensors must be on a CUDA device, got ", x.device());
   const c10::cuda::CUDAGuard guard(x.device());
-  return ctal::backward(grad_out, x, v, weight, bias, gamma, gram);
+  return ctal::backward(grad_out, x, v, weight, bias, gamma, gram, allow_tf32);
 }
 
 }  // namespace

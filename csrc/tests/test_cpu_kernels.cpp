@@ -3,7 +3,9 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <vector>
 
 #include "common/bilinear.h"
 #include "cpu/gated_residual.h"
@@ -75,6 +77,58 @@ void check_gather_ranges(int64_t in, int64_t out) {
   }
 }
 
+// The CUDA backward's tiled gather (gather_tile_sum over gather_tiles x gather_tiles tiles of `len` positions)
+// against the scatter form of the transposed bilinear resize: for a random output gradient G (H x W), every input
+// element (i, j) of the (h x w) map must receive sum over output pixels of w_y * w_x * G, whatever the tile length.
+struct GridValue {
+  const double* g;
+  int64_t W;
+  double operator()(int64_t yy, int64_t xx) const { return g[yy * W + xx]; }
+};
+
+void check_gather_tiles(int64_t h, int64_t w, int64_t H, int64_t W, int64_t len) {
+  const auto G = at::randn({H, W}, at::kDouble);
+  const double* gp = G.const_data_ptr<double>();
+  const double sy = mtl_ops::bilinear_scale<double>(h, H), sx = mtl_ops::bilinear_scale<double>(w, W);
+  std::vector<double> want(h * w, 0.0);
+  for (int64_t yy = 0; yy < H; ++yy) {
+    const auto ty = mtl_ops::bilinear_tap<double>(yy, h, sy);
+    for (int64_t xx = 0; xx < W; ++xx) {
+      const auto tx = mtl_ops::bilinear_tap<double>(xx, w, sx);
+      // each distinct (i, j) the pixel reads, with its weight (tap_weight merges i0 == i1 at the border)
+      const int64_t is[2] = {ty.i0, ty.i1}, js[2] = {tx.i0, tx.i1};
+      for (int a = 0; a < (ty.i1 != ty.i0 ? 2 : 1); ++a)
+        for (int c = 0; c < (tx.i1 != tx.i0 ? 2 : 1); ++c)
+          want[is[a] * w + js[c]] += mtl_ops::tap_weight(ty, is[a]) * mtl_ops::tap_weight(tx, js[c]) * gp[yy * W + xx];
+    }
+  }
+  const int64_t tiles_y = mtl_ops::gather_tiles(mtl_ops::gather_window<double>(H, sy), len);
+  const int64_t tiles_x = mtl_ops::gather_tiles(mtl_ops::gather_window<double>(W, sx), len);
+  const GridValue value{gp, W};
+  for (int64_t i = 0; i < h; ++i) {
+    for (int64_t j = 0; j < w; ++j) {
+      double got = 0;
+      for (int64_t a = 0; a < tiles_y; ++a)
+        for (int64_t c = 0; c < tiles_x; ++c)
+          got += mtl_ops::gather_tile_sum<double>(i, j, h, w, H, W, sy, sx, a, c, len, value);
+      expect_near(got, want[i * w + j], 1e-12, "tiled gather vs scatter", ((h * 1000 + H) * 100 + len) * 10000 + i * w + j);
+    }
+  }
+}
+
+// The per-pixel taps of the CUDA kernels (pixel_taps + tap_sample) give PyTorch's bilinear resize.
+void check_pixel_taps(int64_t h, int64_t w, int64_t H, int64_t W) {
+  const auto v = at::randn({1, 1, h, w}, at::kDouble);
+  const auto want = at::upsample_bilinear2d(v, {H, W}, false);
+  const double* vp = v.const_data_ptr<double>();
+  const auto acc = want.accessor<double, 4>();
+  const double sy = mtl_ops::bilinear_scale<double>(h, H), sx = mtl_ops::bilinear_scale<double>(w, W);
+  for (int64_t y = 0; y < H; ++y)
+    for (int64_t x = 0; x < W; ++x)
+      expect_near(mtl_ops::tap_sample(mtl_ops::pixel_taps<double, int32_t>(y, x, h, w, sy, sx), vp), acc[0][0][y][x],
+                  1e-12, "pixel_taps vs upsample_bilinear2d", (h * 1000 + H) * 10000 + y * W + x);
+}
+
 // One scale: the attention weight is 1 and ms_attention_mix is PyTorch's bilinear resize.
 void check_ms_attention_mix_single_scale(int64_t h, int64_t w, int64_t H, int64_t W) {
   const auto v = at::randn({2, 3, h, w}, at::kDouble);
@@ -94,6 +148,18 @@ int main() {
   check_gated_residual(2, 70001);  // several 32768-element work items per task, ragged tail
   for (int64_t in : {1, 2, 3, 5, 9, 12, 18, 24, 36, 72})
     for (int64_t out : {1, 4, 7, 9, 13, 72, 96}) check_gather_ranges(in, out);
+  // 1 x 1 and coarse maps (one range spans the whole output: many tiles), fine and down-sampled ones (one tile),
+  // and tile lengths that do not divide the window.
+  for (int64_t len : {1, 3, 32}) {
+    check_gather_tiles(1, 1, 37, 29, len);
+    check_gather_tiles(3, 5, 40, 33, len);
+    check_gather_tiles(9, 7, 9, 7, len);
+    check_gather_tiles(11, 6, 5, 4, len);
+  }
+  check_pixel_taps(1, 1, 5, 7);
+  check_pixel_taps(4, 6, 16, 24);
+  check_pixel_taps(5, 7, 11, 13);
+  check_pixel_taps(9, 4, 5, 6);
   check_ms_attention_mix_single_scale(4, 6, 16, 24);
   check_ms_attention_mix_single_scale(5, 7, 11, 13);
   check_ms_attention_mix_single_scale(9, 4, 5, 6);  // down-sampling

@@ -9,6 +9,13 @@ Why the features may be centred first: CKA depends on the features only through 
 every sample by c turns ``K_ij`` into ``K_ij + a_i + a_j + |c|²`` (``a_i = x_i·c``); H·H removes such terms, and
 so does the debiased centring (its U-statistic is unchanged by them off the diagonal), so both estimators are
 translation invariant — tests/test_cka.py checks it against the reference.
+
+TF32 policy: the fused backends' fp32 GEMMs are exact IEEE fp32 by default, whatever PyTorch's global setting
+(``torch.backends.cuda.matmul.allow_tf32``, ``torch.set_float32_matmul_precision("high"/"medium")``): the
+debiased estimator subtracts nearly equal moments, so TF32's 10-bit operand rounding is far outside the fp32
+tolerance. ``allow_tf32=True`` opts in to tensor cores: the GEMMs then follow the global setting (TF32 where it
+enables it). The guard is csrc/common/fp32_matmul_precision.h; the reference backend is plain PyTorch and follows
+the global setting.
 """
 from __future__ import annotations
 
@@ -25,12 +32,13 @@ register_op(OP, ("reference", "cpp", "cuda"))
 _FUSED = compiled_op("cka_forward")
 if _FUSED is not None:
     @torch.library.register_fake("mtl_ops::cka_forward")
-    def _forward_fake(features, debiased):
+    def _forward_fake(features, debiased, allow_tf32=False):
         dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
         return features.new_empty((features.shape[0], features.shape[0]), dtype=dtype)
 
 
-def cka(features: torch.Tensor, *, debiased: bool = True, backend: str | None = None) -> torch.Tensor:
+def cka(features: torch.Tensor, *, debiased: bool = True, backend: str | None = None,
+        allow_tf32: bool = False) -> torch.Tensor:
     """All-pairs linear CKA (see :func:`mtl_ops.reference.cka` for the definition and conventions).
 
     Args:
@@ -39,6 +47,10 @@ def cka(features: torch.Tensor, *, debiased: bool = True, backend: str | None = 
         debiased: the debiased HSIC estimator (PDF's; n > 3) or the biased one (n ≥ 2).
         backend: None (fastest available for the device; ``MTL_OPS_BACKEND`` overrides), "reference", "cpp"
             or "cuda".
+        allow_tf32: False (default): the fused backends' fp32 GEMMs are exact IEEE fp32 even when PyTorch's
+            global TF32 / float32 matmul precision setting is on. True: they follow that global setting (TF32
+            tensor cores where it enables them; faster, ~1e-3 relative error per product). No effect on float64
+            input or on the reference backend (plain PyTorch, always the global setting).
 
     Returns:
         (T, T) symmetric, float64 for float64 input and float32 otherwise (the GEMMs and each strip's T×T
@@ -52,4 +64,4 @@ def cka(features: torch.Tensor, *, debiased: bool = True, backend: str | None = 
     if features.requires_grad and torch.is_grad_enabled():
         raise ValueError(f"cka: the {chosen} backend is forward only, but features requires grad; pass "
                          "features.detach(), run under torch.no_grad(), or use backend='reference' to differentiate")
-    return _FUSED(features, bool(debiased))
+    return _FUSED(features, bool(debiased), bool(allow_tf32))

@@ -10,6 +10,14 @@ csrc/ops.cpp) and ``mtl_ops::ctal_affinity_forward_triton`` / ``_backward_triton
 The forward returns (r, gram): gram (k*k, B, T*C, T*C), the per-tap Gram blocks of the exact
 reassociation, saved for the backward. Each operator has a fake kernel and autograd; the public function
 applies ``CTALAffinityFunction`` (the reference backend is plain autograd through the naive computation).
+
+TF32 policy: every fused backend computes its fp32 GEMMs in exact IEEE fp32 by default, whatever PyTorch's
+global setting (``torch.backends.cuda.matmul.allow_tf32``, ``torch.set_float32_matmul_precision("high"/"medium")``):
+Z sums over all N pixels, so TF32's 10-bit operand rounding would put it far outside the fp32 tolerance. The C++
+operators take ``allow_tf32`` (default False; guard in csrc/common/fp32_matmul_precision.h): True lets the cpp/cuda
+GEMMs follow the global setting (TF32 tensor cores where it enables them). The Triton backend always computes in
+IEEE fp32 (``input_precision="ieee"``) and ignores ``allow_tf32``. The reference backend is plain PyTorch and
+follows the global setting.
 """
 from __future__ import annotations
 
@@ -77,7 +85,7 @@ def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 # Fake kernels: shapes, dtypes and strides of the real outputs.
-def _forward_fake(x, v, weight, bias, gamma):
+def _forward_fake(x, v, weight, bias, gamma, allow_tf32=False):
     B, T, C = x.shape[:3]
     k = weight.shape[-1]
     out = x.new_empty(x.shape)  # contiguous
@@ -85,7 +93,7 @@ def _forward_fake(x, v, weight, bias, gamma):
     return out, gram
 
 
-def _backward_fake(grad_out, x, v, weight, bias, gamma, gram):
+def _backward_fake(grad_out, x, v, weight, bias, gamma, gram, allow_tf32=False):
     return x.new_empty(x.shape), x.new_empty(x.shape), weight.new_empty(weight.shape), bias.new_empty(bias.shape)
 
 
@@ -108,18 +116,19 @@ def _triton_backward(grad_out: torch.Tensor, x: torch.Tensor, v: torch.Tensor, w
 
 def _register_autograd(forward_op, backward_op) -> None:
     """Autograd on the forward operator itself (so opcheck and direct operator calls differentiate):
-    saves the inputs and the gram output; gamma is a constant."""
+    saves the inputs and the gram output; gamma is a constant. The C++ operators have one more input,
+    allow_tf32, passed on to their backward (the Triton ones do not)."""
 
     def setup_context(ctx, inputs, output):
-        x, v, weight, bias, gamma = inputs
+        x, v, weight, bias, gamma, *options = inputs
         ctx.save_for_backward(x, v, weight, bias, output[1])
-        ctx.gamma = gamma
+        ctx.gamma, ctx.options = gamma, tuple(options)
         ctx.mark_non_differentiable(output[1])
 
     def backward(ctx, grad_out, _grad_gram):
         x, v, weight, bias, gram = ctx.saved_tensors
-        dx, dv, dw, db = backward_op(grad_out.contiguous(), x, v, weight, bias, ctx.gamma, gram)
-        return dx, dv, dw, db, None
+        dx, dv, dw, db = backward_op(grad_out.contiguous(), x, v, weight, bias, ctx.gamma, gram, *ctx.options)
+        return (dx, dv, dw, db, None) + (None,) * len(ctx.options)
 
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
 
@@ -128,27 +137,35 @@ _KERNELS = kernel_table("ctal_affinity", _triton_forward, _triton_backward, _for
                         _backward_fake, _register_autograd)
 
 
+def _operator_options(backend: str, allow_tf32: bool) -> tuple:
+    """The trailing operator arguments of a backend: (allow_tf32,) for the C++ operators, none for Triton
+    (always IEEE fp32)."""
+    return () if backend == "triton" else (bool(allow_tf32),)
+
+
 class CTALAffinityFunction(torch.autograd.Function):
     """Differentiable CTAL core on a fused backend: one operator forward, one backward, no N x N tensor.
     The forward's Gram blocks (k*k, B, T*C, T*C) are saved; the normalised features are recomputed."""
 
     @staticmethod
-    def forward(x, v, weight, bias, gamma: float, backend: str):
-        out, gram = _KERNELS[backend][0](x, v, weight, bias, gamma)
+    def forward(x, v, weight, bias, gamma: float, backend: str, allow_tf32: bool = False):
+        out, gram = _KERNELS[backend][0](x, v, weight, bias, gamma, *_operator_options(backend, allow_tf32))
         return out, gram
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, v, weight, bias, gamma, backend = inputs
+        x, v, weight, bias, gamma, backend, *rest = inputs
         ctx.save_for_backward(x, v, weight, bias, output[1])
         ctx.gamma, ctx.backend = gamma, backend
+        ctx.options = _operator_options(backend, rest[0] if rest else False)
         ctx.mark_non_differentiable(output[1])
 
     @staticmethod
     def backward(ctx, grad_out, _grad_gram):
         x, v, weight, bias, gram = ctx.saved_tensors
-        dx, dv, dw, db = _KERNELS[ctx.backend][1](grad_out.contiguous(), x, v, weight, bias, ctx.gamma, gram)
-        return dx, dv, dw, db, None, None
+        dx, dv, dw, db = _KERNELS[ctx.backend][1](grad_out.contiguous(), x, v, weight, bias, ctx.gamma, gram,
+                                                  *ctx.options)
+        return dx, dv, dw, db, None, None, None
 
 
 def _autocast_promote(x, v, weight, bias):
@@ -167,7 +184,7 @@ def _autocast_promote(x, v, weight, bias):
 
 
 def ctal_affinity(x: torch.Tensor, v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                  gamma: float, *, backend: str | None = None) -> torch.Tensor:
+                  gamma: float, *, backend: str | None = None, allow_tf32: bool = False) -> torch.Tensor:
     """CTAL cross-task affinity: ``r_t = gamma * V_t M^T + (1 - gamma) * x_t``.
 
     Args:
@@ -180,6 +197,10 @@ def ctal_affinity(x: torch.Tensor, v: torch.Tensor, weight: torch.Tensor, bias: 
         backend: None (fastest available; ``MTL_OPS_BACKEND`` overrides), "reference", "cpp", "cuda" or
             "triton". The fused backends never allocate a tensor with N x N elements (forward or backward)
             and accumulate in fp32 (fp64 for fp64 inputs).
+        allow_tf32: False (default): the cpp/cuda backends' fp32 GEMMs are exact IEEE fp32 even when PyTorch's
+            global TF32 / float32 matmul precision setting is on. True: they follow that global setting (TF32
+            tensor cores where it enables them: faster, ~1e-3 relative error per product, growing with N).
+            The Triton backend is always IEEE fp32; the reference backend always follows the global setting.
 
     Returns (B, T, C, H, W) in x's dtype. Differentiable in x, v, weight and bias. Note Z grows with N
     (there is no normalisation of M), as in the reference.
@@ -190,4 +211,4 @@ def ctal_affinity(x: torch.Tensor, v: torch.Tensor, weight: torch.Tensor, bias: 
     chosen = select_backend(OP, x.device, backend)
     if chosen == "reference":
         return reference.ctal_affinity(x, v, weight.to(x.dtype), bias.to(x.dtype), gamma)
-    return CTALAffinityFunction.apply(x, v, weight, bias, gamma, chosen)[0]
+    return CTALAffinityFunction.apply(x, v, weight, bias, gamma, chosen, bool(allow_tf32))[0]
