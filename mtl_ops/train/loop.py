@@ -30,8 +30,6 @@ from .weighting import make_weighting
 
 def build_datasets(config: TrainConfig):
     """(train, val, num_classes) for ``config.dataset``."""
-    from ..data import Cityscapes, NYUv2, SyntheticScenes
-
     if config.dataset == "synthetic":
         kw = dict(size=config.size or SYNTHETIC_SIZE, seed=config.data_seed, tasks=config.tasks, cache_dir=config.cache_dir)
         train = SyntheticScenes("train", n=config.n_train, **kw)
