@@ -159,11 +159,9 @@ class Trainer:
                 preds, aux = (forward or self.model)(batch["image"]), None
         losses = task_losses(preds, batch, self.tasks)
         total = self.weighting(losses)
-        if aux:
-            aux_list = aux.values() if isinstance(aux, dict) else aux
-            for aux_preds in aux_list:
-                aux_losses = task_losses(aux_preds, batch, [t for t in self.tasks if t in aux_preds])
-                total = total + self.config.aux_weight * sum(aux_losses.values())
+        for aux_preds in aux or ():
+            aux_losses = task_losses(aux_preds, batch, [t for t in self.tasks if t in aux_preds])
+            total = total + self.config.aux_weight * sum(aux_losses.values())
         return total, losses
 
     def train_epoch(self, epoch: int, *, dataset: Optional[Dataset] = None, indices=None,
