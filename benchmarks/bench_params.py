@@ -12,9 +12,8 @@ DEVICE_DTYPES = [pytest.param("cpu", torch.float32, id="cpu-fp32")] + [
 ]
 
 
-def provider_names(op: str) -> list[str]:
-    """Every provider that can appear on some device; absent ones skip at run time."""
-    return ["reference", "compile(reference)", "cpp", "cuda", "triton"]
+#: every provider that can appear on some device (the same for every op); absent ones skip at run time
+PROVIDER_NAMES = ["reference", "compile(reference)", "cpp", "cuda", "triton"]
 
 
 def find_provider(op: str, device: torch.device, name: str):
@@ -41,4 +40,4 @@ def run_op_benchmark(benchmark, op: str, bench_size: str, device: str, dtype: to
     benchmark(call)
 
 
-__all__ = ["DEVICE_DTYPES", "MODES", "provider_names", "find_provider", "run_op_benchmark"]
+__all__ = ["DEVICE_DTYPES", "MODES", "PROVIDER_NAMES", "find_provider", "run_op_benchmark"]

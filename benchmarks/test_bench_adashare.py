@@ -1,7 +1,7 @@
-"""AdaShare network (issue #6): batched gated forward+backward with fused vs reference gated_residual, and
+"""AdaShare network: batched gated forward+backward with fused vs reference gated_residual, and
 hard-policy inference time against the number of executed blocks.
 
-Size as the issue states: T=3 tasks, 288x384 input, ResNet-18 (width 64); B=1 and small ASPP heads
+Size: T=3 tasks, 288x384 input, ResNet-18 (width 64); B=1 and small ASPP heads
 (hidden 64) so that the backbone, where the gates are, dominates the time. `--bench-size quick` shrinks it.
 """
 import pytest
@@ -9,7 +9,8 @@ import torch
 
 from mtl_ops.backends import unavailable_reason
 from mtl_ops.bench import peak_memory_bytes
-from mtl_ops.nn import AdaShareResNet, num_executed_blocks
+from mtl_ops.models import AdaShareNet
+from mtl_ops.nn import num_executed_blocks, shared_block_executions
 
 TASKS = {"semseg": 13, "depth": 1, "normals": 3}
 SIZES = {"full": dict(H=288, W=384, width=64), "quick": dict(H=32, W=48, width=8)}
@@ -17,7 +18,7 @@ SIZES = {"full": dict(H=288, W=384, width=64), "quick": dict(H=32, W=48, width=8
 
 def _model(size, backend):
     s = SIZES[size]
-    model = AdaShareResNet(TASKS, depth=18, width=s["width"], head_hidden=64, backend=backend, seed=0)
+    model = AdaShareNet(TASKS, "resnet18", width=s["width"], head_hidden=64, backend=backend, seed=0)
     x = torch.randn(1, 3, s["H"], s["W"], generator=torch.Generator().manual_seed(0))
     return model, x
 
@@ -62,8 +63,6 @@ def test_adashare_hard_inference(benchmark, bench_size, policy_name):
 
     infer()
     benchmark.group = f"adashare hard-policy inference {SIZES[bench_size]}"
-    from mtl_ops.nn import shared_block_executions
-
     benchmark.extra_info.update(executed_blocks_per_task=num_executed_blocks(policy).tolist(),
                                 block_executions_after_sharing=sum(shared_block_executions(policy)))
     benchmark(infer)

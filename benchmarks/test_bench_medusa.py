@@ -7,12 +7,12 @@ Targets (issue #4), CPU fp32 forward+backward:
 Compare rows of one run: `pytest benchmarks/test_bench_medusa.py --benchmark-group-by=group`.
 """
 import pytest
-from bench_params import DEVICE_DTYPES, MODES, provider_names, run_op_benchmark
+from bench_params import DEVICE_DTYPES, MODES, PROVIDER_NAMES, run_op_benchmark
 
 
 @pytest.mark.parametrize("op", ["ms_attention_mix", "sfa_apply"])
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("provider", provider_names("ms_attention_mix"))
+@pytest.mark.parametrize("provider", PROVIDER_NAMES)
 def test_medusa_op(benchmark, bench_size, op, device, dtype, mode, provider):
     run_op_benchmark(benchmark, op, bench_size, device, dtype, mode, provider)

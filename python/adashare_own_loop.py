@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 
 from mtl_ops.data import SyntheticScenes
 from mtl_ops.metrics import DepthMetric, SegmentationMetric
-from mtl_ops.nn import AdaShareResNet, policy_table, set_adashare_phase
+from mtl_ops.models import AdaShareNet, set_adashare_phase
+from mtl_ops.nn import policy_table
 
 
 def losses(out, batch):
@@ -35,9 +36,9 @@ def main(argv=None):
     train = SyntheticScenes("train", n=args.images, size=tuple(args.size), tasks=("semseg", "depth"),
                             cache_dir=args.cache_dir)
     val = SyntheticScenes("val", n=16, size=tuple(args.size), tasks=("semseg", "depth"), cache_dir=args.cache_dir)
-    model = AdaShareResNet({"semseg": train.num_classes, "depth": 1}, depth=18, width=args.width, head_hidden=32,
-                           head_dropout=0.0, seed=0)
-    policy = model.make_policy(seed=0)
+    model = AdaShareNet({"semseg": train.num_classes, "depth": 1}, "resnet18", width=args.width, head_hidden=32,
+                        head_dropout=0.0, seed=0)
+    policy = model.policy
     weight_opt = torch.optim.Adam(model.weight_parameters(), lr=1e-3)
     policy_opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
 

@@ -1,4 +1,5 @@
-"""Tests for AdaShare (mtl_ops.nn.adashare*, aspp, task_batchnorm): policy sampling statistics, schedules,
+"""Tests for AdaShare (mtl_ops.models.AdaShareNet, mtl_ops.nn.adashare*, aspp, task_batchnorm): policy sampling
+statistics, schedules,
 regularisers against hand-computed values, the batched gated forward against per-task passes, the trie
 (hard-policy) forward against the gated forward, what the trie computes, phases, backends, errors."""
 import copy
@@ -9,18 +10,18 @@ import torch
 from torch import nn
 
 from harness import backend_params
-from mtl_ops.nn import (AdaSharePolicy, AdaShareResNet, ASPPv2Head, TaskBatchNorm2d, TriePlan, execute_mask,
-                        num_executed_blocks, one_hot_gates, policy_table, set_adashare_phase,
-                        shared_block_executions)
+from mtl_ops.models import AdaShareNet, set_adashare_phase
+from mtl_ops.nn import (AdaSharePolicy, ASPPv2Head, TaskBatchNorm2d, TriePlan, execute_mask, num_executed_blocks,
+                        one_hot_gates, policy_table, shared_block_executions)
 
 TASKS = {"seg": 3, "depth": 1, "normals": 2}
 
 
-def tiny_model(tasks=TASKS, **kw) -> AdaShareResNet:
+def tiny_model(tasks=TASKS, **kw) -> AdaShareNet:
     """Width 8, head hidden 8, no dropout, weights re-drawn at O(1) scale (the N(0, 0.01) init makes every
     output ~1e-5, which would make any comparison vacuous) and random BN affine/running statistics."""
     kw = {"width": 8, "head_hidden": 8, "head_dropout": 0.0, "seed": 0, **kw}
-    model = AdaShareResNet(tasks, **kw)
+    model = AdaShareNet(tasks, **kw)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for m in model.modules():
@@ -297,18 +298,18 @@ def test_aspp_v2_head_sums_branches():
 
 
 def test_architecture():
-    m18 = AdaShareResNet({"a": 2}, 18, width=8)
-    m34 = AdaShareResNet({"a": 2}, 34, width=8)
+    m18 = AdaShareNet({"a": 2}, "resnet18", width=8)
+    m34 = AdaShareNet({"a": 2}, "resnet34", width=8)
     assert m18.num_blocks == 8 and m34.num_blocks == 16
     assert [b.shortcut is not None for b in m18.blocks] == [False, False, True, False, True, False, True, False]
     assert [(b.stride, b.dilation) for b in m18.blocks] == [(1, 1)] * 2 + [(2, 1), (1, 1)] + [(1, 2)] * 2 + [(1, 4)] * 2
-    assert m18.blocks[6].branch.conv2.dilation == (4, 4) and m18.blocks[6].branch.conv2.padding == (4, 4)
+    assert m18.blocks[6].conv2.dilation == (4, 4) and m18.blocks[6].conv2.padding == (4, 4)
     assert sum(b.shortcut is not None for b in m34.blocks) == 3
     conv = m18.stem.conv
     assert conv.kernel_size == (7, 7) and conv.stride == (2, 2) and conv.bias is None and m18.stem.pool.ceil_mode
     assert m18.heads["a"].branches[0][0].in_channels == 64 and m18.heads["a"].rates == (6, 12, 18, 24)
     # init: conv weights N(0, 0.01), BN γ = 1, β = 0; a seed makes it reproducible
-    a, b = AdaShareResNet({"a": 2}, width=8, seed=4), AdaShareResNet({"a": 2}, width=8, seed=4)
+    a, b = AdaShareNet({"a": 2}, width=8, seed=4), AdaShareNet({"a": 2}, width=8, seed=4)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     w = torch.cat([m.weight.flatten() for m in a.modules() if isinstance(m, nn.Conv2d)])
     assert abs(w.std().item() - 0.01) < 1e-3
@@ -380,7 +381,7 @@ def test_forced_prefix_runs_once_and_matches():
     policy = model.make_policy(seed=0)
     rows = {}
     for l, block in enumerate(model.blocks):
-        block.branch.register_forward_hook(lambda m, inp, out, l=l: rows.__setitem__(l, inp[0].shape[0]))
+        block.conv1.register_forward_hook(lambda m, inp, out, l=l: rows.__setitem__(l, inp[0].shape[0]))
     x = images()
     gates = policy.sample_soft(p_epoch=3)  # 6 blocks forced, 2 sampled; logits require grad
     out_grad = model(x, gates)
@@ -422,16 +423,17 @@ def test_hard_forward_equals_gated_forward_training():
     assert_outputs_close(a, b, rtol=1e-10, atol=1e-10)
     weighted_sum(a).backward()
     weighted_sum(b).backward()
-    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+    weights = [(name, p) for name, p in model.named_parameters() if not name.startswith("policy.")]
+    for (name, p), q in zip(weights, twin.weight_parameters(), strict=True):
         g1 = torch.zeros_like(p) if p.grad is None else p.grad  # the trie never touches skipped branches
         torch.testing.assert_close(g1, q.grad, rtol=1e-9, atol=1e-9, msg=lambda m: f"{name}: {m}")
 
 
 def _count_rows(model):
-    """Forward hooks recording the rows (images) each block's conv path and shortcut process."""
+    """Forward hooks recording the rows (images) each block's conv path (its first conv) and shortcut process."""
     rows = {"branch": [0] * model.num_blocks, "shortcut": [0] * model.num_blocks, "stem": 0}
     for l, block in enumerate(model.blocks):
-        block.branch.register_forward_hook(
+        block.conv1.register_forward_hook(
             lambda m, inp, out, l=l: rows["branch"].__setitem__(l, rows["branch"][l] + inp[0].shape[0]))
         if block.shortcut is not None:
             block.shortcut.register_forward_hook(
@@ -521,8 +523,44 @@ def test_phases_route_gradients():
     groups = model.param_groups(1e-3, backbone_lr=1e-4)
     assert [g["lr"] for g in groups] == [1e-3, 1e-4]
     ids = [id(p) for g in groups for p in g["params"]]
-    assert sorted(ids) == sorted(id(p) for p in model.parameters()) and len(set(ids)) == len(ids)
+    assert sorted(ids) == sorted(id(p) for p in model.weight_parameters()) and len(set(ids)) == len(ids)
+    assert {id(p) for p in model.parameters()} - set(ids) == {id(model.policy.logits)}
     assert list(policy.parameters()) == [policy.logits]
+
+
+def test_forward_follows_the_mode_and_the_stored_hard_policy():
+    """Without gates, forward runs the mode: "shared" every block for every task, "soft" gates sampled from the
+    network's own policy, "hard" the stored hard policy through the trie."""
+    model = tiny_model().eval()
+    x = images()
+    T, L = model.num_tasks, model.num_blocks
+    expected_soft = model.make_policy(seed=0).sample_soft(p_epoch=100)  # the own policy's first draw
+    with torch.no_grad():
+        assert model.mode == "shared"
+        assert_outputs_close(model(x), model(x, one_hot_gates(torch.ones(T, L, dtype=torch.bool))))
+        model.set_mode("soft", p_epoch=100)
+        assert_outputs_close(model(x), model(x, expected_soft))
+        model.set_hard_policy(POLICY)
+        model.set_mode("hard")
+        assert torch.equal(model.hard_policy, one_hot_gates(POLICY))
+        assert_outputs_close(model(x), model(x, one_hot_gates(POLICY)))
+    with pytest.raises(ValueError, match=r"mode must be one of \('shared', 'soft', 'hard'\)"):
+        model.set_mode("frozen")
+    with pytest.raises(ValueError, match=r"set_hard_policy: policy must be for \(T, L\) = \(3, 8\), got \(2, 8\)"):
+        model.set_hard_policy(torch.ones(2, 8, dtype=torch.bool))
+
+
+def test_learnable_parameters_prune_blocks_no_task_executes():
+    model = tiny_model()
+    weights = sum(p.numel() for p in model.weight_parameters())
+    assert model.learnable_parameters() == weights  # the policy logits are not counted
+    mask = POLICY.clone()
+    mask[:, 3] = False
+    model.set_hard_policy(mask)
+    assert model.learnable_parameters() == weights  # pruning applies in hard mode only
+    model.set_mode("hard")
+    pruned = sum(p.numel() for p in model.blocks[3].branch_parameters())
+    assert pruned > 0 and model.learnable_parameters() == weights - pruned
 
 
 @pytest.mark.parametrize("backend", backend_params("gated_residual", "cpu", ("cpp",)))
@@ -565,24 +603,26 @@ def test_backbone_backends_agree_cuda(backend):
 
 # ================================================================================================ errors
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="depth must be one of"):
-        AdaShareResNet({"a": 1}, depth=50)
+    with pytest.raises(ValueError, match=r"backbone must be one of \('resnet18', 'resnet34'\)"):
+        AdaShareNet({"a": 1}, backbone="resnet50")
+    with pytest.raises(ValueError, match=r"backbone must be one of"):
+        AdaShareNet({"a": 1}, backbone="timm:resnet18")
     with pytest.raises(ValueError, match="tasks must be a non-empty dict"):
-        AdaShareResNet({})
+        AdaShareNet({})
     with pytest.raises(ValueError, match="output channels of task 'a'"):
-        AdaShareResNet({"a": 0})
+        AdaShareNet({"a": 0})
     with pytest.raises(ValueError, match="task names"):
-        AdaShareResNet({"a.b": 1})
+        AdaShareNet({"a.b": 1})
     with pytest.raises(ValueError, match="task_bn=True needs bn_stats='per_task'"):
-        AdaShareResNet({"a": 1}, task_bn=True, bn_stats="shared")
+        AdaShareNet({"a": 1}, task_bn=True, bn_stats="shared")
     with pytest.raises(ValueError, match="bn_stats must be one of"):
-        AdaShareResNet({"a": 1}, bn_stats="global")
+        AdaShareNet({"a": 1}, bn_stats="global")
     with pytest.raises(ValueError, match="upsample must be one of"):
-        AdaShareResNet({"a": 1}, upsample="bicubic")
+        AdaShareNet({"a": 1}, upsample="bicubic")
     with pytest.raises(ValueError, match="backend must be one of"):
-        AdaShareResNet({"a": 1}, backend="cudnn")
+        AdaShareNet({"a": 1}, backend="cudnn")
     with pytest.raises(ValueError, match="width must be a positive int"):
-        AdaShareResNet({"a": 1}, width=0)
+        AdaShareNet({"a": 1}, width=0)
     with pytest.raises(ValueError, match="rates must be"):
         ASPPv2Head(4, 2, 4, rates=())
 
@@ -596,7 +636,7 @@ def test_bad_arguments():
         model(x, [[1, 0]] * 8)
     with pytest.raises(TypeError, match="gates must be a floating-point tensor"):
         model(x, torch.ones(3, 8, 2, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"x must have shape \(B, 3, H, W\), got \(2, 4, 32, 32\)"):
+    with pytest.raises(ValueError, match=r"images must have shape \(B, 3, H, W\), got \(2, 4, 32, 32\)"):
         model(torch.randn(2, 4, 32, 32), torch.ones(3, 8, 2))
     with pytest.raises(ValueError, match="policy must be hard"):
         model.forward_hard(x, torch.full((3, 8, 2), 0.5))

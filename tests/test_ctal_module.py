@@ -67,7 +67,7 @@ def test_ctal_wrong_task_keys():
 
 
 def _net(**kw):
-    return CTALNet({"semseg": 5, "depth": 1}, "resnet10", image_size=(32, 48), backbone_width=8, itp_channels=16,
+    return CTALNet({"semseg": 5, "depth": 1}, "resnet10", image_size=(32, 48), width=8, itp_channels=16,
                    ctal_channels=8, **kw)
 
 
@@ -79,8 +79,9 @@ def test_ctalnet_predictions_and_aux(per_task):
     preds = net(images)
     assert {t: p.shape for t, p in preds.items()} == {"semseg": (2, 5, 32, 48), "depth": (2, 1, 32, 48)}
     preds, aux = net(images, return_aux=True)
-    assert {t: a.shape for t, a in aux.items()} == {t: p.shape for t, p in preds.items()}
-    loss = sum(p.square().mean() for p in preds.values()) + sum(a.square().mean() for a in aux.values())
+    assert len(aux) == 1  # the initial task predictions, one auxiliary set
+    assert {t: a.shape for t, a in aux[0].items()} == {t: p.shape for t, p in preds.items()}
+    loss = sum(p.square().mean() for p in preds.values()) + sum(a.square().mean() for a in aux[0].values())
     loss.backward()
     assert net.ctal.fusion_weight.grad is not None and net.backbone.stem[0].weight.grad.abs().sum() > 0
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtl_ops.data import CITYSCAPES_CLASSES, NYUV2_CLASSES, Cityscapes, NYUv2, scale_crop
+from mtl_ops.data import CITYSCAPES_CLASSES, NYUV2_CLASSES, Cityscapes, NYUv2, hflip, scale_crop
 
 SMALL = (8, 12)
 
@@ -111,6 +111,28 @@ def test_flip_augmentation_negates_normal_x(nyu_root):
             assert torch.equal(sample[key], target[key]), (kind, key)
         seen.add(kind)
     assert seen == {"flipped", "plain"}
+
+
+def test_hflip_of_a_batch_mirrors_the_chosen_samples_as_the_sample_form_does(nyu_root):
+    """One flip for loaders (a sample) and the trainer (a batch with a per-sample choice): dense entries
+    (valid and edges too) mirror, normals' x changes sign, image-level attributes stay."""
+    root, _ = nyu_root
+    data = NYUv2(root, size=SMALL, tasks=("semseg", "depth", "normals", "edges", "attributes"))
+    samples = [data[i] for i in range(3)]
+    batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+    flip = torch.tensor([True, False, True])
+    out = hflip(batch, flip=flip)
+    for i, sample in enumerate(samples):
+        expect = hflip(sample) if flip[i] else sample
+        for key in sample:
+            assert torch.equal(out[key][i], expect[key]), (i, key)
+    mirrored = hflip(samples[0])
+    assert torch.equal(mirrored["valid"], samples[0]["valid"].flip(-1))
+    assert torch.equal(mirrored["normals"][0], -samples[0]["normals"][0].flip(-1))
+    assert torch.equal(mirrored["attributes"], samples[0]["attributes"])
+    assert hflip(batch, flip=torch.zeros(3, dtype=torch.bool)) is batch
+    with pytest.raises(ValueError, match=r"flip must be a bool tensor of shape \(B,\) = \(3,\), got torch.int64"):
+        hflip(batch, flip=torch.ones(3, dtype=torch.long))
 
 
 def test_scale_crop_zooms_labels_and_divides_depth():

@@ -1,4 +1,5 @@
-"""PDF grouping search (§2.5) and DecoderTree (§2.2, §2.6, §2.7 regression)."""
+"""PDF grouping search and DecoderTree (sharing, fusion, and the regression for the reference code's routing of
+partially shared groups)."""
 import copy
 
 import pytest
@@ -162,8 +163,8 @@ def build_affine_tree(groupings):
     [[("b", "c"), ("a",)], [("b", "c"), ("a",)], [("b",), ("c",), ("a",)]],       # second task first in group
 ])
 def test_every_task_goes_through_its_own_private_stages(groupings):
-    """Regression for spec §2.7 defect 1: in partially shared groups, later tasks got the first task's
-    private features. Each node has its own affine weights; each task's output must be its own chain."""
+    """Regression for a defect of the reference PDF code: in partially shared groups, later tasks got the first
+    task's private features. Each node has its own affine weights; each task's output must be its own chain."""
     tree, weights = build_affine_tree(groupings)
     x = torch.tensor([[1.0, -2.0]], dtype=torch.float64)
     out = tree(x)
@@ -251,7 +252,7 @@ def test_bad_groupings_raise():
         DecoderTree(TASKS, stage_factory, 1, [["a", "b", "c"]])
     with pytest.raises(ValueError, match=r"stage 0: empty group"):
         DecoderTree(TASKS, stage_factory, 1, [[TASKS, ()]])
-    with pytest.raises(ValueError, match=r"tasks must be non-empty strings without"):
+    with pytest.raises(ValueError, match=r"task names must be non-empty strings without"):
         DecoderTree(("a.b",), stage_factory, 1)
     with pytest.raises(ValueError, match=r"num_stages must be a positive int"):
         DecoderTree(TASKS, stage_factory, 0)

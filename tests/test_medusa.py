@@ -97,11 +97,21 @@ def test_network_outputs_and_batched_sfa_equal_head_by_head(options):
     preds, aux = model(x, return_aux=True)
     assert set(preds) == {"semseg", "depth"}
     assert preds["semseg"].shape == (2, 5, 32, 48) and preds["depth"].shape == (2, 1, 32, 48)
-    assert len(aux["semseg"]) == 4 and aux["semseg"][0].shape == (2, 5, 8, 12)
+    assert len(aux) == 4 and all(set(a) == {"semseg", "depth"} for a in aux)  # one set per scale
     features = model.backbone(x)
+    up = lambda t: F.interpolate(t, size=(32, 48), mode="bilinear", align_corners=False)  # noqa: E731
     for name, head in model.heads.items():
-        alone = F.interpolate(head(features), size=(32, 48), mode="bilinear", align_corners=False)
-        torch.testing.assert_close(preds[name], alone, rtol=1e-6, atol=1e-6)
+        alone, per_scale = head(features, return_aux=True)
+        torch.testing.assert_close(preds[name], up(alone), rtol=1e-6, atol=1e-6)
+        assert per_scale[0].shape[-2:] == (8, 12)  # the head predicts each scale at the finest map's size
+        for s, value in enumerate(per_scale):
+            torch.testing.assert_close(aux[s][name], up(value), rtol=1e-6, atol=1e-6)
+
+
+def test_network_has_no_aux_predictions_in_feature_mode():
+    model = small_model(**OPTIONS["msa-features"]).eval()
+    preds, aux = model(images(), return_aux=True)
+    assert aux == [] and preds["semseg"].shape == (2, 5, 32, 48)
 
 
 def test_add_task_leaves_existing_outputs_bit_identical():

@@ -87,7 +87,7 @@ def test_frozen_parts_stay_bit_identical_and_only_the_new_head_updates():
     assert {id(p) for p in trainer.model.parameters() if p.grad is not None} == head
     assert not any(p.grad is not None for p in trainer.weighting.parameters())
     after = trainer.wrapper.state_dict()
-    assert set(after) - set(before) == {k for k in after if k.startswith("net.net.heads.normals.")}
+    assert set(after) - set(before) == {k for k in after if k.startswith("net.heads.normals.")}
     for key, value in before.items():
         assert torch.equal(value, after[key]), f"{key} changed while only the new head should train"
     assert trainer.step - steps == 2 * len(trainer.loader(trainer.train_set))  # both epochs took steps

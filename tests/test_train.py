@@ -55,7 +55,7 @@ def test_deep_supervision_adds_aux_losses():
     class WithAux(SharedNet):
         def forward(self, images, return_aux=False):
             preds = super().forward(images)
-            return (preds, {"aux": {t: p * 2 for t, p in preds.items()}}) if return_aux else preds
+            return (preds, [{t: p * 2 for t, p in preds.items()}]) if return_aux else preds
 
     register_method("aux_test", WithAux, deep_supervision=True, overwrite=True)
     trainer = Trainer(tiny_config(method="aux_test", tasks=("semseg", "depth"), aux_weight=0.5))

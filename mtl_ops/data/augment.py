@@ -23,14 +23,36 @@ def valid_zoom_scales(scales) -> bool:
     return all(isinstance(s, numbers.Real) and not isinstance(s, bool) and s >= 1.0 for s in scales)
 
 
-def hflip(sample: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Mirror left-right; the normals' x component (camera x points right) changes sign."""
+def hflip(sample: Dict[str, torch.Tensor], flip: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    """Mirror left-right every dense entry; the normals' x component (camera x points right) changes sign.
+
+    ``sample`` is one sample, or with ``flip`` a batch: ``flip`` (B,) bool chooses the samples to mirror (the
+    others are kept). Dense entries are those whose last two axes are the image's height and width and that
+    have at least two axes beyond the batch's (``semseg`` (H, W) and ``depth`` (1, H, W) are, image-level
+    ``attributes`` (K,) are not); everything else is returned as it is.
+    """
+    if "image" not in sample:
+        raise ValueError(f"hflip: sample must have an 'image' entry (its size tells the dense entries), "
+                         f"got entries {sorted(sample)}")
+    size = sample["image"].shape[-2:]
+    min_dim = 2 if flip is None else 3
+    if flip is not None:
+        if not isinstance(flip, torch.Tensor) or flip.dtype != torch.bool or flip.shape != sample["image"].shape[:1]:
+            got = f"{flip.dtype} {tuple(flip.shape)}" if isinstance(flip, torch.Tensor) else type(flip).__name__
+            raise ValueError(f"hflip: flip must be a bool tensor of shape (B,) = {tuple(sample['image'].shape[:1])}, "
+                             f"got {got}")
+        if not bool(flip.any()):
+            return sample
     out = dict(sample)
-    for key in SPATIAL_KEYS:
-        if key in out:
-            out[key] = out[key].flip(-1)
-    if "normals" in out:
-        out["normals"] = out["normals"] * torch.tensor([-1.0, 1.0, 1.0], dtype=out["normals"].dtype)[:, None, None]
+    for key, value in sample.items():
+        if value.dim() < min_dim or value.shape[-2:] != size:
+            continue
+        mirrored = value.flip(-1)
+        if key == "normals":
+            mirrored = mirrored * torch.tensor([-1.0, 1.0, 1.0], dtype=value.dtype).view(3, 1, 1)
+        if flip is not None:
+            mirrored = torch.where(flip.view(-1, *([1] * (value.dim() - 1))), mirrored, value)
+        out[key] = mirrored
     return out
 
 

@@ -1,31 +1,21 @@
-"""Multi-scale backbones shared by the complete multi-task networks: a small ResNet family (BasicBlock,
+"""Multi-scale backbones shared by the complete multi-task networks: a small ResNet family (basic blocks,
 trained from scratch: nothing is downloaded) and an adapter for any timm ``features_only`` model.
 
 Every backbone maps images (B, 3, H, W) to a list of feature maps, shallow to deep, and exposes
 ``channels`` (per map) and ``strides`` (per map, relative to the input).
+
+Every network names its backbone the same way (``backbone``: ``resnet10|resnet18|resnet34`` or
+``timm:<model name>``) and sets the built-in ResNets' base width with ``width``; :func:`build_backbone`
+is the one place that reads these options.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from ..nn.blocks import BasicBlock
+
 _DEPTHS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, in_channels: int, planes: int, stride: int = 1, dilation: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, planes, 3, stride, dilation, dilation, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, dilation, dilation, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = nn.Identity()
-        if stride != 1 or in_channels != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.shortcut(x) + self.bn2(self.conv2(y)))
 
 
 class ResNetBackbone(nn.Module):
@@ -94,11 +84,20 @@ class TimmBackbone(nn.Module):
         return list(self.model(x))
 
 
-def build_backbone(name: str = "resnet18", **kwargs) -> nn.Module:
-    """``resnet10|resnet18|resnet34`` (our ResNetBackbone, kwargs: width, output_stride, in_channels) or
-    ``timm:<model name>`` (TimmBackbone)."""
+RESNETS = tuple(f"resnet{depth}" for depth in _DEPTHS)
+
+
+def build_backbone(name: str = "resnet18", *, width: int | None = None, **kwargs) -> nn.Module:
+    """``resnet10|resnet18|resnet34`` (our ResNetBackbone at base ``width``, default 64; kwargs:
+    output_stride, in_channels) or ``timm:<model name>`` (TimmBackbone; kwargs go to ``timm.create_model``).
+
+    ``width`` is the base width of the built-in ResNets; a timm model has its own widths, so ``width`` is
+    ignored for ``timm:`` names (every network passes its ``width`` here whatever the backbone, so that one
+    configuration works for both kinds)."""
+    if not isinstance(name, str):
+        raise ValueError(f"backbone: name must be a string, got {name!r}")
     if name.startswith("timm:"):
         return TimmBackbone(name[5:], **kwargs)
-    if name.startswith("resnet") and name[6:].isdigit() and int(name[6:]) in _DEPTHS:
-        return ResNetBackbone(int(name[6:]), **kwargs)
-    raise ValueError(f"build_backbone: name must be resnet10, resnet18, resnet34 or timm:<name>, got {name!r}")
+    if name in RESNETS:
+        return ResNetBackbone(int(name[6:]), **({} if width is None else {"width": width}), **kwargs)
+    raise ValueError(f"backbone: name must be resnet10, resnet18, resnet34 or timm:<name>, got {name!r}")

@@ -1,4 +1,4 @@
-"""EMA-Net-style complete network around CTAL (spec part 1, section 1.1), with a configurable backbone:
+"""EMA-Net-style complete network around CTAL, with a configurable backbone:
 
   images -> backbone (multi-scale) -> fuse: upsample every map to the finest (stride 4), concat, 1x1 conv+BN+ReLU
          -> per task: initial task prediction (2 bottlenecks -> features; 1x1 conv -> initial prediction, deeply
@@ -7,37 +7,23 @@
 
 ``CTALNet({"semseg": 13, "depth": 1}, backbone="resnet18", image_size=(288, 384))``;
 ``forward(images) -> {task: (B, n_t, H0, W0)}``; ``forward(images, return_aux=True)`` also returns the
-initial predictions (same shapes) for deep supervision: ``(predictions, initial_predictions)``.
+initial predictions (same shapes) for deep supervision, as the one auxiliary set of the network contract:
+``(predictions, [initial_predictions])``.
 The fusion weights of CTAL are tied to the feature grid, so the network runs at ``image_size`` only.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.blocks import Bottleneck
 from ..nn.ctal import CTAL
+from ..nn.task_names import check_task_channels
 from .backbones import build_backbone
-
-
-class Bottleneck(nn.Module):
-    """torchvision-style bottleneck (1x1 -> 3x3 -> 1x1, expansion 4) with a 1x1 projection shortcut when the
-    channels change."""
-
-    def __init__(self, in_channels: int, planes: int):
-        super().__init__()
-        out = planes * 4
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, planes, 1, bias=False), nn.BatchNorm2d(planes), nn.ReLU(inplace=True),
-            nn.Conv2d(planes, planes, 3, padding=1, bias=False), nn.BatchNorm2d(planes), nn.ReLU(inplace=True),
-            nn.Conv2d(planes, out, 1, bias=False), nn.BatchNorm2d(out))
-        self.shortcut = nn.Identity() if in_channels == out else nn.Sequential(
-            nn.Conv2d(in_channels, out, 1, bias=False), nn.BatchNorm2d(out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.body(x) + self.shortcut(x))
 
 
 class CTALNet(nn.Module):
@@ -46,25 +32,26 @@ class CTALNet(nn.Module):
     Args:
         tasks: {task name: output channels}.
         backbone: a name for ``mtl_ops.models.build_backbone`` (resnet10/18/34, timm:<name>).
+        width: base width of the built-in ResNet backbones (default 64); ignored for timm.
         image_size: (H0, W0) of the input images; the CTAL grid is (H0/4, W0/4) (default (288, 384), NYUv2).
-        backbone_width: base width of the ResNet backbones (default 64); ignored for timm.
         itp_channels: width of the initial-task-prediction features (default 256).
         ctal_channels, kernel_size, gamma, per_task_fusion, backend: CTAL's options (defaults 128, 3, 0.05,
             False, None).
     """
 
-    def __init__(self, tasks: Mapping[str, int], backbone: str = "resnet18", *, image_size: tuple[int, int] = (288, 384),
-                 backbone_width: int = 64, itp_channels: int = 256, ctal_channels: int = 128, kernel_size: int = 3,
-                 gamma: float = 0.05, per_task_fusion: bool = False, backend: str | None = None):
+    def __init__(self, tasks: Mapping[str, int], backbone: str = "resnet18", *, width: int = 64,
+                 image_size: tuple[int, int] = (288, 384), itp_channels: int = 256, ctal_channels: int = 128,
+                 kernel_size: int = 3, gamma: float = 0.05, per_task_fusion: bool = False,
+                 backend: str | None = None):
         super().__init__()
-        if not tasks:
-            raise ValueError("CTALNet: tasks must map at least one task name to its output channels")
-        self.tasks = dict(tasks)
+        self.tasks = tasks = check_task_channels(tasks, "CTALNet")
+        if not isinstance(image_size, (tuple, list)) or len(image_size) != 2 \
+                or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 4 for s in image_size):
+            raise ValueError(f"CTALNet: image_size must be (H, W), two ints >= 4, got {image_size!r}")
         self.image_size = (int(image_size[0]), int(image_size[1]))
         if self.image_size[0] % 4 or self.image_size[1] % 4:
             raise ValueError(f"CTALNet: image_size must be divisible by 4, got {image_size!r}")
-        kwargs = {} if backbone.startswith("timm:") else {"width": backbone_width}
-        self.backbone = build_backbone(backbone, **kwargs)
+        self.backbone = build_backbone(backbone, width=width)
         fused = sum(self.backbone.channels)
         self.fuse = nn.Sequential(nn.Conv2d(fused, fused, 1), nn.BatchNorm2d(fused), nn.ReLU(inplace=True))
         if itp_channels % 4:
@@ -102,4 +89,4 @@ class CTALNet(nn.Module):
             return preds
         initial = {t: F.interpolate(self.initial_head[t](feats[t]), size=size, mode="bilinear", align_corners=False)
                    for t in self.tasks}
-        return preds, initial
+        return preds, [initial]

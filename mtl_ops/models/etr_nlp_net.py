@@ -22,7 +22,8 @@ from torch import nn
 from ..nn.etr_nlp import frozen_parameters, learnable_parameters
 from ..nn.etr_nlp_convert import convert_to_etr_nlp
 from ..nn.etr_nlp_primitives import DEFAULT_PRIMITIVES
-from .backbones import ResNetBackbone, build_backbone
+from ..nn.task_names import check_task_channels
+from .backbones import RESNETS, build_backbone
 
 
 class ETRNLPNet(nn.Module):
@@ -31,15 +32,15 @@ class ETRNLPNet(nn.Module):
                  exclude: Sequence[str] = ("stem",), head_channels: int = 64, seed: int = 0,
                  backend: str | None = None):
         super().__init__()
-        if not tasks:
-            raise ValueError("ETRNLPNet: tasks must name at least one task")
+        tasks = check_task_channels(tasks, "ETRNLPNet")
         if head not in ("dense", "classification"):
             raise ValueError(f"ETRNLPNet: head must be 'dense' or 'classification', got {head!r}")
-        self.tasks = list(tasks)
+        self.tasks = tasks
         self.head_kind = head
+        if backbone not in RESNETS:
+            raise ValueError(f"ETRNLPNet: backbone must be one of the package's ResNets {RESNETS} (their 3x3 convs "
+                             f"are converted), got {backbone!r}")
         self.backbone = build_backbone(backbone, width=width, output_stride=output_stride)
-        if not isinstance(self.backbone, ResNetBackbone):
-            raise ValueError(f"ETRNLPNet: backbone must be one of the package's ResNets, got {backbone!r}")
         self.converted = convert_to_etr_nlp(self.backbone, len(self.tasks), sharing_ratio=sharing_ratio,
                                             primitives=primitives, exclude=exclude, seed=seed, backend=backend)
         c = self.backbone.channels[-1]

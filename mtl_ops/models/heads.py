@@ -5,26 +5,12 @@ get a vector (B, out_channels) from a globally pooled feature.
 """
 from __future__ import annotations
 
-from typing import Mapping
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 #: tasks predicted per image rather than per pixel
 IMAGE_LEVEL_TASKS = ("attributes",)
-
-
-def check_tasks(tasks: Mapping[str, int], where: str) -> dict:
-    """Validate ``tasks`` (task name → output channels) and return it as a plain dict."""
-    if not isinstance(tasks, Mapping) or not tasks:
-        raise ValueError(f"{where}: tasks must be a non-empty dict of task name -> output channels, got {tasks!r}")
-    for name, k in tasks.items():
-        if not isinstance(name, str) or not name or "." in name or "+" in name:
-            raise ValueError(f"{where}: task names must be non-empty strings without '.' or '+', got {name!r}")
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"{where}: output channels of task {name!r} must be a positive int, got {k!r}")
-    return dict(tasks)
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel: int = 3) -> nn.Sequential:

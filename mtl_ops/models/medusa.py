@@ -2,7 +2,7 @@
 
     model = Medusa({"semseg": 13, "depth": 1}, backbone="resnet18", width=32)
     preds = model(images)                          # {task: (B, K_t, H, W)} at input resolution
-    preds, aux = model(images, return_aux=True)    # aux: {task: [per-scale values (B, K_t, h_s, w_s)]}
+    preds, aux = model(images, return_aux=True)    # aux[s]: {task: scale s's prediction (B, K_t, H, W)}
 
 Universal feature learning (UFL): ``add_task(name, out_channels)`` attaches a fresh head;
 ``freeze_except(name)`` freezes the backbone (parameters and BN statistics) and every other head, so that
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.medusa import MedusaHead
+from ..nn.task_names import check_task_channels
 from .backbones import build_backbone
 
 
@@ -27,8 +28,9 @@ class Medusa(nn.Module):
     Args:
         tasks: {task name: output channels}.
         backbone: a ``build_backbone`` name (``resnet18`` by default; ``timm:<name>`` works too).
-        backbone_kwargs: passed to ``build_backbone`` (e.g. ``width``, ``output_stride``); ``width`` may also
-            be given directly.
+        width: base width of the built-in ResNet backbones (default 64); ignored for timm.
+        backbone_kwargs: further ``build_backbone`` options (e.g. ``output_stride``, or a timm model's
+            arguments).
         num_scales: how many backbone maps (finest first) the heads read; all by default.
         **head_options: ``MedusaHead`` options (``sfa_mask``, ``sfa_residual``, ``refine``, ``msa_mode``,
             ``msa_width``, ``backend``).
@@ -36,17 +38,21 @@ class Medusa(nn.Module):
     ``forward(images)`` runs the backbone once and, per scale, every task's SFA mask multiply in one fused
     ``sfa_apply`` call (the masks come from each head's own layers, so heads stay independent); each head
     predicts at the finest map's resolution, resized bilinearly to the input size.
+    ``forward(images, return_aux=True)`` also returns the deep supervision: one ``{task: prediction}`` dict
+    per scale, each head's per-scale prediction (its MSA values P_s, see
+    :class:`~mtl_ops.nn.MultiScaleAttentionHead`) resized bilinearly to the input size. With
+    ``msa_mode="features"`` the per-scale values are features, not predictions, and the list is empty.
     """
 
-    def __init__(self, tasks: Mapping[str, int], backbone: str = "resnet18", *, width: int | None = None,
+    def __init__(self, tasks: Mapping[str, int], backbone: str = "resnet18", *, width: int = 64,
                  backbone_kwargs: dict | None = None, num_scales: int | None = None, **head_options):
         super().__init__()
-        if not tasks:
-            raise ValueError("Medusa: tasks must name at least one task")
-        kwargs = dict(backbone_kwargs or {})
-        if width is not None:
-            kwargs["width"] = width
-        self.backbone = build_backbone(backbone, **kwargs)
+        tasks = check_task_channels(tasks, "Medusa")
+        backbone_kwargs = dict(backbone_kwargs or {})
+        if "width" in backbone_kwargs:
+            raise ValueError(f"Medusa: the backbone width is the width argument, not a backbone_kwargs entry; got "
+                             f"backbone_kwargs={backbone_kwargs!r}")
+        self.backbone = build_backbone(backbone, width=width, **backbone_kwargs)
         self.num_scales = len(self.backbone.channels) if num_scales is None else num_scales
         self.in_channels = list(self.backbone.channels[:self.num_scales])
         self.head_options = dict(head_options)
@@ -61,6 +67,7 @@ class Medusa(nn.Module):
 
     def add_task(self, name: str, out_channels: int) -> MedusaHead:
         """Attaches a fresh head for ``name``; every existing task's output is unchanged (bit-identical)."""
+        check_task_channels({name: out_channels}, "Medusa.add_task")
         if name in self.heads:
             raise ValueError(f"Medusa.add_task: task {name!r} already exists")
         head = MedusaHead(self.in_channels, out_channels, **self.head_options)
@@ -114,9 +121,15 @@ class Medusa(nn.Module):
                 for j, i in enumerate(members):
                     masked[i].append(out[j])
         size = images.shape[-2:]
-        preds, aux = {}, {}
+        preds, aux = {}, [{} for _ in features]
         for name, head, g in zip(names, heads, masked):
             y, per_scale = head.forward_masked(g, return_aux=True)
-            preds[name] = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-            aux[name] = per_scale
-        return (preds, aux) if return_aux else preds
+            preds[name] = _resize(y, size)
+            if return_aux and head.msa.mode == "predictions":
+                for s, value in enumerate(per_scale):
+                    aux[s][name] = _resize(value, size)
+        return (preds, [a for a in aux if a]) if return_aux else preds
+
+
+def _resize(x: torch.Tensor, size) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)

@@ -1,7 +1,7 @@
-"""The complete Progressive Decoder Fusion network (Gurulingan et al., CoLLAs 2022; spec part 2, §2.2),
-scaled down to the package's small ResNets.
+"""The complete Progressive Decoder Fusion network (Gurulingan et al., CoLLAs 2022), scaled down to the
+package's small ResNets.
 
-Structure (documented simplifications of §2.2 in brackets):
+Structure (where it is simpler than the authors' network, their version in brackets):
 
 * **Encoder**, shared: a ``mtl_ops.models`` backbone (c1..c4 at strides 4, 8, 16, 32) plus one extra
   encoder stage ``e5`` (a strided BasicBlock, stride 64) [PDF: two extra Bottleneck stages e5, e6].
@@ -16,10 +16,11 @@ Structure (documented simplifications of §2.2 in brackets):
   and apply a linear layer.
 
 ``groupings`` is the decoder tree (one partition of the tasks per stage; None = Sep-De, every task alone).
-:meth:`stage_features` gives the spatially pooled stage-g output of every task, PDF's CKA input (§2.4).
+:meth:`stage_features` gives the spatially pooled stage-g output of every task, PDF's CKA input.
 """
 from __future__ import annotations
 
+import copy
 from typing import Mapping, Optional, Sequence
 
 import torch
@@ -27,8 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.decoder_tree import DecoderTree
-from .backbones import BasicBlock, build_backbone
-from .heads import IMAGE_LEVEL_TASKS, check_tasks
+from ..nn.blocks import BasicBlock
+from ..nn.task_names import check_task_channels
+from .backbones import build_backbone
+from .heads import IMAGE_LEVEL_TASKS
 
 
 class DecoderBlock(nn.Module):
@@ -51,7 +54,7 @@ class DecoderBlock(nn.Module):
 
 
 class PDFHead(nn.Module):
-    """Reads every stage output of its task (§2.2 SegHead/DepthHead pattern)."""
+    """Reads every stage output of its task (the pattern of PDF's SegHead/DepthHead)."""
 
     def __init__(self, num_stages: int, channels: int, out_channels: int, image_level: bool):
         super().__init__()
@@ -87,9 +90,8 @@ class PDFNet(nn.Module):
     def __init__(self, tasks: Mapping[str, int], backbone: str = "resnet18", *, width: int = 16,
                  decoder_channels: int = 64, groupings: Optional[Sequence] = None):
         super().__init__()
-        self.tasks = check_tasks(tasks, "PDFNet")
-        self.backbone = build_backbone(backbone, width=width) if backbone.startswith("resnet") else \
-            build_backbone(backbone)
+        self.tasks = check_task_channels(tasks, "PDFNet")
+        self.backbone = build_backbone(backbone, width=width)
         channels = list(self.backbone.channels)
         if len(channels) != 4:
             raise ValueError(f"PDFNet: the backbone must give 4 feature maps, got {len(channels)}")
@@ -119,7 +121,8 @@ class PDFNet(nn.Module):
 
     @torch.no_grad()
     def stage_features(self, images: torch.Tensor, stage: int) -> torch.Tensor:
-        """(T, B, decoder_channels): each task's stage-``stage`` output, globally average-pooled (§2.4)."""
+        """(T, B, decoder_channels): each task's stage-``stage`` output, globally average-pooled (the input of
+        PDF's CKA)."""
         if not 0 <= stage < self.num_stages:
             raise ValueError(f"PDFNet.stage_features: stage must be in [0, {self.num_stages}), got {stage!r}")
         stages = self._stages(images)
@@ -127,9 +130,7 @@ class PDFNet(nn.Module):
 
     def with_groupings(self, stage: int, groups, *, reset: bool = True) -> "PDFNet":
         """A copy whose decoder fuses ``groups`` at ``stage`` (``DecoderTree.fuse``); ``reset`` re-initialises
-        every weight (PDF retrains each configuration from scratch, §2.6)."""
-        import copy
-
+        every weight (PDF retrains each configuration from scratch)."""
         new = copy.deepcopy(self)
         new.decoder = self.decoder.fuse(stage, groups)
         if reset:

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.task_names import check_task_channels
 from .backbones import build_backbone
-from .heads import IMAGE_LEVEL_TASKS, check_tasks, conv_bn_relu, make_head
+from .heads import IMAGE_LEVEL_TASKS, conv_bn_relu, make_head
 
 
 class FPNDecoder(nn.Module):
@@ -42,9 +43,8 @@ class SharedNet(nn.Module):
     def __init__(self, tasks: Mapping[str, int], backbone: str = "resnet18", *, width: int = 16,
                  decoder_channels: int = 64, head_hidden: int | None = None):
         super().__init__()
-        self.tasks = check_tasks(tasks, "SharedNet")
-        self.backbone = build_backbone(backbone, width=width) if backbone.startswith("resnet") else \
-            build_backbone(backbone)
+        self.tasks = check_task_channels(tasks, "SharedNet")
+        self.backbone = build_backbone(backbone, width=width)
         self.decoder = FPNDecoder(list(self.backbone.channels), decoder_channels)
         self.heads = nn.ModuleDict({
             t: make_head(t, self.backbone.channels[-1] if t in IMAGE_LEVEL_TASKS else decoder_channels, k,
@@ -63,7 +63,7 @@ class SingleTaskNets(nn.Module):
 
     def __init__(self, tasks: Mapping[str, int], backbone: str = "resnet18", **options):
         super().__init__()
-        self.tasks = check_tasks(tasks, "SingleTaskNets")
+        self.tasks = check_task_channels(tasks, "SingleTaskNets")
         self.nets = nn.ModuleDict({t: SharedNet({t: k}, backbone, **options) for t, k in self.tasks.items()})
 
     def forward(self, images: torch.Tensor) -> dict:

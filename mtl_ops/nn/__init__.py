@@ -1,17 +1,19 @@
-"""The methods as nn.Modules. Each module takes and returns dicts keyed by task name."""
-from .adashare import (AdaShareResNet, GatedBasicBlock, TriePlan, set_adashare_phase,
-                       shared_block_executions)
+"""The methods' building blocks as nn.Modules (the complete networks are in ``mtl_ops.models``). Modules
+over several tasks take and return dicts keyed by task name."""
+# common blocks
+from .blocks import BasicBlock, Bottleneck
+from .task_batchnorm import TaskBatchNorm2d
+from .task_names import check_task_channels, check_task_names
+
+__all__ = ["BasicBlock", "Bottleneck", "TaskBatchNorm2d", "check_task_names", "check_task_channels"]
+
+# AdaShare
+from .adashare import TriePlan, shared_block_executions
 from .adashare_policy import AdaSharePolicy, execute_mask, num_executed_blocks, one_hot_gates, policy_table
 from .aspp import ASPPv2Head
-from .task_batchnorm import TaskBatchNorm2d
 
-__all__ = [
-    # AdaShare
-    "AdaShareResNet", "AdaSharePolicy", "GatedBasicBlock", "TriePlan", "set_adashare_phase",
-    "shared_block_executions", "execute_mask", "num_executed_blocks", "one_hot_gates", "policy_table",
-    # common blocks
-    "ASPPv2Head", "TaskBatchNorm2d",
-]
+__all__ += ["AdaSharePolicy", "ASPPv2Head", "TriePlan", "shared_block_executions", "execute_mask",
+            "num_executed_blocks", "one_hot_gates", "policy_table"]
 
 # Progressive Decoder Fusion
 from .decoder_tree import DecoderTree
@@ -24,9 +26,9 @@ from .ctal import CTAL
 
 __all__ += ["CTAL"]
 # Medusa
-from .medusa import MedusaHead, MultiScaleAttentionHead, ResidualRefine, SharedFeatureAttention
+from .medusa import MedusaHead, MultiScaleAttentionHead, SharedFeatureAttention
 
-__all__ += ["MedusaHead", "MultiScaleAttentionHead", "ResidualRefine", "SharedFeatureAttention"]
+__all__ += ["MedusaHead", "MultiScaleAttentionHead", "SharedFeatureAttention"]
 # ETR-NLP
 from .etr_nlp import ETRNLPConv, frozen_parameters, learnable_parameters
 from .etr_nlp_convert import convert_to_etr_nlp

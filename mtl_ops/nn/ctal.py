@@ -1,10 +1,10 @@
 """CTAL (EMA-Net's Cross-Task Affinity Learning module) as a drop-in nn.Module over dicts of task features.
 
-Per task t (spec part 1, section 1.1): conv_in_t (1x1, C_in -> C, bias) gives x_t; proj_t (3x3, C -> C, bias)
-gives V_t; the fused core ``mtl_ops.ops.ctal_affinity`` mixes the T cosine-affinity maps of every pixel with
-its own k x k x T filter and diffuses V_t through the result (r_t = gamma V_t M^T + (1 - gamma) x_t); then
-conv_out_t = ConvTranspose2d(C, C, 2, stride 2) -> BN -> ReLU -> 3x3 conv (C -> C), so the output is at twice
-the input resolution. The fusion weights are indexed by absolute pixel position: the module only runs at the
+Per task t: conv_in_t (1x1, C_in -> C, bias) gives x_t; proj_t (3x3, C -> C, bias) gives V_t; the fused core
+``mtl_ops.ops.ctal_affinity`` mixes the T cosine-affinity maps of every pixel with its own k x k x T filter
+and diffuses V_t through the result (r_t = gamma V_t M^T + (1 - gamma) x_t); then conv_out_t =
+ConvTranspose2d(C, C, 2, stride 2) -> BN -> ReLU -> 3x3 conv (C -> C), so the output is at twice the input
+resolution. The fusion weights are indexed by absolute pixel position: the module only runs at the
 feature size it was built for.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..ops.ctal_affinity import ctal_affinity
+from .task_names import check_task_names
 
 
 class CTAL(nn.Module):
@@ -39,9 +40,7 @@ class CTAL(nn.Module):
                  *, channels: int = 128, kernel_size: int = 3, gamma: float = 0.05, per_task_fusion: bool = False,
                  backend: str | None = None):
         super().__init__()
-        self.tasks = list(tasks)
-        if len(self.tasks) < 1 or len(set(self.tasks)) != len(self.tasks):
-            raise ValueError(f"CTAL: tasks must be distinct names, at least one, got {tasks!r}")
+        self.tasks = list(check_task_names(tasks, "CTAL"))
         if isinstance(in_channels, Mapping):
             if set(in_channels) != set(self.tasks):
                 raise ValueError(f"CTAL: in_channels must have one entry per task {self.tasks}, got {sorted(in_channels)}")

@@ -1,15 +1,15 @@
-"""DecoderTree: a multi-stage decoder whose stages are shared by groups of tasks (PDF, spec §2.2/§2.6).
+"""DecoderTree: a multi-stage decoder whose stages are shared by groups of tasks (Progressive Decoder Fusion).
 
 Direction: stage 0 is the **first stage run, the deepest** (PDF: stride 64, fed by the encoder's last map);
 stage ``num_stages − 1`` is the last (shallowest, stride 4). Sharing starts at the deep end: the groups of
 stage g must **refine** the groups of stage g−1 (every group at g lies inside one group at g−1), so a task
 set that shares a stage has shared every stage before it, and groups only split as the decoder goes on.
-This is the tree P_0 ⊒ P_1 ⊒ … of §2.6: each node (stage g, group G) holds one stage module, its input is its
+This is PDF's tree of partitions P_0 ⊒ P_1 ⊒ …: each node (stage g, group G) holds one stage module, its input is its
 parent node's output (or the decoder input at stage 0), and every task reads the nodes on its own
 root-to-leaf path.
 
-Unlike the reference PDF code (§2.7 defect 1: the first task's private outputs were aliased into every other
-task of a partially shared group), each task here goes through its own private stages: outputs are kept
+Unlike the reference PDF code (which aliased the first task's private outputs into every other task of a
+partially shared group), each task here goes through its own private stages: outputs are kept
 per node and each task gets a fresh list of the nodes on its own path.
 """
 import copy
@@ -17,6 +17,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+
+from .task_names import check_task_names
 
 __all__ = ["DecoderTree"]
 
@@ -89,14 +91,7 @@ class DecoderTree(nn.Module):
                  groupings: Optional[Sequence[Sequence[Sequence[str]]]] = None, *,
                  _make_node: Optional[Callable[[int, Group], nn.Module]] = None):
         super().__init__()
-        tasks = tuple(tasks)
-        if not tasks:
-            raise ValueError("DecoderTree: tasks must name at least one task")
-        for t in tasks:
-            if not isinstance(t, str) or not t or "." in t or "+" in t:
-                raise ValueError(f"DecoderTree: tasks must be non-empty strings without '.' or '+', got {t!r}")
-        if len(set(tasks)) != len(tasks):
-            raise ValueError(f"DecoderTree: tasks must be distinct, got {tasks!r}")
+        tasks = check_task_names(tasks, "DecoderTree")
         if not isinstance(num_stages, int) or isinstance(num_stages, bool) or num_stages < 1:
             raise ValueError(f"DecoderTree: num_stages must be a positive int, got {num_stages!r}")
         if not callable(stage_factory):
@@ -194,7 +189,7 @@ class DecoderTree(nn.Module):
         ``stage − 1`` and ``stage + 1``). Weights carry over: every node that exists in both trees is
         deep-copied (parameters and buffers); a merged node inherits a deep copy of the current node of
         its **first task in task order**. ``self`` is left untouched. (PDF retrains each configuration
-        from scratch, §2.6; call ``reset_parameters`` on the result to do that.)
+        from scratch; call ``reset_parameters`` on the result to do that.)
         """
         if not isinstance(stage, int) or isinstance(stage, bool) or not 0 <= stage < self.num_stages:
             raise ValueError(f"fuse: stage must be an int in [0, {self.num_stages}), got {stage!r}")

@@ -5,12 +5,12 @@ shared feature F_s, applied to it) and a light refinement block, then a Multi-Sc
 per-scale predictions mixed with per-pixel softmax attention over scales). Heads never read each other,
 so a task can be added to a trained backbone without retraining it (universal feature learning).
 
-The paper's exact layer forms are not public; this is the default reconstruction of
-``shared/spec/medusa_pdf_adashare.md`` §1.3, and its alternatives are options:
+The paper's exact layer forms are not public; the defaults are one reconstruction of them, and the
+alternatives are options:
 
 * ``sfa_mask``: ``"spatial"`` (M = 1, default) or ``"channel"`` (M = C: channel-spatial, MTAN-like);
   ``sfa_residual``: ``G = (1 + m) F`` instead of ``G = m F``.
-* ``refine``: the per-task, per-scale BasicResBlock between SFA and MSA (default on).
+* ``refine``: the per-task, per-scale residual block (a ResNet basic block) between SFA and MSA (default on).
 * ``msa_mode``: ``"predictions"`` (a, default: attention over per-scale predictions) or ``"features"``
   (b: attention over per-scale features projected to ``msa_width``, then Conv3x3-BN-ReLU-Conv1x1). Variant
   (c) (logits from the concatenation through a 1x1 conv) equals (a)/(b) by linearity and is not separate.
@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..ops import ms_attention_mix, sfa_apply
+from .blocks import BasicBlock
 
 SFA_MASKS = ("spatial", "channel")
 MSA_MODES = ("predictions", "features")
@@ -58,19 +59,6 @@ class SharedFeatureAttention(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.apply_masks(features, self.mask_logits(features).unsqueeze(0))[0]
-
-
-class ResidualRefine(nn.Module):
-    """The per-task, per-scale refinement: 2 x (Conv3x3, BN) with a ReLU between, identity skip, ReLU."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x + self.body(x))
 
 
 class MultiScaleAttentionHead(nn.Module):
@@ -119,7 +107,8 @@ class MedusaHead(nn.Module):
         self.in_channels, self.out_channels = list(in_channels), out_channels
         self.sfa = nn.ModuleList(SharedFeatureAttention(c, mask=sfa_mask, residual=sfa_residual, backend=backend)
                                  for c in in_channels)
-        self.refine = nn.ModuleList(ResidualRefine(c) if refine else nn.Identity() for c in in_channels)
+        # the refinement: 2 x (Conv3x3, BN) with a ReLU between, identity skip, ReLU
+        self.refine = nn.ModuleList(BasicBlock(c, c) if refine else nn.Identity() for c in in_channels)
         self.msa = MultiScaleAttentionHead(in_channels, out_channels, mode=msa_mode, width=msa_width, backend=backend)
 
     def forward_masked(self, masked: Sequence[torch.Tensor], return_aux: bool = False):

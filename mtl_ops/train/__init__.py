@@ -3,12 +3,10 @@ Medusa's UFL protocol, the demo and its report."""
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .loop import Trainer, build_datasets
-from .methods import (MethodSpec, _register_builtins, available_methods, build_model,
-                      count_learnable_parameters, get_method, register_method)
+from .methods import (MethodSpec, available_methods, build_model, count_learnable_parameters, get_method,
+                      register_method)
 from .tasks import KNOWN_TASKS, task_channels, task_loss, task_losses
 from .weighting import FixedWeighting, UncertaintyWeighting, make_weighting
-
-_register_builtins()
 
 __all__ = ["TrainConfig", "Trainer", "build_datasets", "register_method", "get_method", "available_methods",
            "build_model", "count_learnable_parameters", "MethodSpec", "task_channels", "task_loss",

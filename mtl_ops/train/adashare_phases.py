@@ -1,5 +1,5 @@
-"""AdaShare's training procedure (Sun et al., NeurIPS 2020; spec §3.7) on an :class:`~mtl_ops.models.
-adashare_net.AdaShareNet`, driven through the :class:`~mtl_ops.train.Trainer`:
+"""AdaShare's training procedure (Sun et al., NeurIPS 2020) on an :class:`~mtl_ops.models.AdaShareNet`,
+driven through the :class:`~mtl_ops.train.Trainer`:
 
 1. **Warm-up** (``warmup_epochs``): hard parameter sharing — every block executed by every task — on the
    whole training set.
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ..nn.adashare import set_adashare_phase
+from ..models.adashare_net import set_adashare_phase
 
 OPTIONS = ("warmup_epochs", "search_cycles", "retrain_epochs", "policy_lr", "sparsity_weight", "sharing_weight",
            "sampling", "sample_seed")
@@ -48,7 +48,7 @@ def adashare_schedule(trainer) -> None:
 
     # 1. warm-up: full sharing
     net.set_mode("shared")
-    set_adashare_phase(net.net, net.policy, "weights")
+    set_adashare_phase(net, net.policy, "weights")
     trainer.optimizer = trainer.make_optimizer()
     if warmup:
         trainer.train_phase("adashare-warmup", warmup, evaluate=False)
@@ -61,15 +61,15 @@ def adashare_schedule(trainer) -> None:
     for cycle in range(cycles):
         p_epoch = cycle
         net.set_mode("soft", p_epoch)
-        set_adashare_phase(net.net, net.policy, "weights")
+        set_adashare_phase(net, net.policy, "weights")
         trainer.train_phase("adashare-weights", 1, evaluate=False, indices=half1)
-        set_adashare_phase(net.net, net.policy, "policy")
+        set_adashare_phase(net, net.policy, "policy")
         reg = lambda: (sparsity_w * net.policy.sparsity_loss(p_epoch)  # noqa: E731
                        + sharing_w * net.policy.sharing_loss())
         trainer.train_phase("adashare-policy", 1, evaluate=False, indices=half2, optimizer=policy_opt,
                             extra_loss=reg)
         net.policy.decay_temperature()
-    set_adashare_phase(net.net, net.policy, "weights")
+    set_adashare_phase(net, net.policy, "weights")
     for p in net.policy.parameters():
         p.requires_grad_(False)
 
@@ -78,8 +78,8 @@ def adashare_schedule(trainer) -> None:
     hard = net.policy.argmax_policy() if sampling == "argmax" else net.policy.sample_hard(generator=generator)
     net.set_hard_policy(hard)
     net.set_mode("hard")
-    net.net.reset_parameters(net.seed)
-    trainer.optimizer = trainer.make_optimizer([p for p in net.net.parameters()] + list(trainer.weighting.parameters()))
+    net.reset_parameters(net.seed)
+    trainer.optimizer = trainer.make_optimizer(list(net.weight_parameters()) + list(trainer.weighting.parameters()))
     trainer.train_phase("adashare-retrain", retrain)
     table = net.policy_table()
     if not cfg.quiet:

@@ -3,31 +3,13 @@ never leaves a truncated checkpoint under the real name, and read back with clea
 from __future__ import annotations
 
 import os
-import random
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Union
 
-import numpy as np
 import torch
 
 FORMAT_VERSION = 1
-
-
-def rng_state() -> Dict[str, Any]:
-    """The global RNG states (python, numpy, torch CPU and CUDA) for exact resumption."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(path: Union[str, Path], state: Dict[str, Any]) -> Path:

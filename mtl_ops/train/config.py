@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
+import torch
+
 from ..data.augment import valid_zoom_scales
+from .methods import available_methods
+from .tasks import KNOWN_TASKS
+from .weighting import WEIGHTINGS
 
 DATASETS = ("synthetic", "nyuv2", "cityscapes")
 DEVICES = ("auto", "cpu", "cuda")
@@ -57,10 +63,6 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        from .methods import available_methods
-        from .tasks import KNOWN_TASKS
-        from .weighting import WEIGHTINGS
-
         if self.method not in available_methods():
             raise ValueError(f"config.method: unknown method {self.method!r}; available: {available_methods()}")
         if not self.tasks or isinstance(self.tasks, str) or any(t not in KNOWN_TASKS for t in self.tasks) \
@@ -144,10 +146,6 @@ def choose_num_threads(requested: Optional[int]) -> int:
     """``requested``, else: 1 thread when the machine is already busy (1-minute load average at least the
     number of cores — there, several intra-op threads spin-wait on each other and small convolutions run
     many times slower), otherwise torch's default."""
-    import os
-
-    import torch
-
     if requested is not None:
         return requested
     cores = os.cpu_count() or 1

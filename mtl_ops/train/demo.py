@@ -19,6 +19,7 @@ import torch
 from .config import TrainConfig
 from .loop import Trainer
 from .methods import available_methods
+from .report import write_report
 from .trivial import TrivialPredictor
 
 #: schedule options per method for the demo's budget (AdaShare: 2 warm-up epochs, 2 search cycles, then 5
@@ -91,8 +92,6 @@ def demo_methods(methods: Optional[Sequence[str]] = None) -> list:
 def run_demo(out_dir, *, methods: Optional[Sequence[str]] = None, base: Optional[TrainConfig] = None,
              timing_steps: int = 3, quiet: bool = False) -> Dict:
     """Train every method, time the steps, write the report into ``out_dir``; returns the results dict."""
-    from .report import write_report
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     base = base or TrainConfig()

@@ -14,6 +14,8 @@ from typing import Callable, Dict, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from ..data import Cityscapes, NYUv2, SyntheticScenes
+from ..data.augment import hflip
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, choose_num_threads
 from .distributed import DistInfo, barrier, init_distributed
@@ -28,8 +30,6 @@ from .weighting import make_weighting
 
 def build_datasets(config: TrainConfig):
     """(train, val, num_classes) for ``config.dataset``."""
-    from ..data import Cityscapes, NYUv2, SyntheticScenes
-
     if config.dataset == "synthetic":
         kw = dict(size=config.size or SYNTHETIC_SIZE, seed=config.data_seed, tasks=config.tasks, cache_dir=config.cache_dir)
         train = SyntheticScenes("train", n=config.n_train, **kw)
@@ -42,21 +42,6 @@ def build_datasets(config: TrainConfig):
 
 
 SYNTHETIC_SIZE = (64, 84)
-
-
-def hflip_batch(batch: Dict[str, torch.Tensor], flip: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """Mirror the samples where ``flip`` (B,) is True; normals' x changes sign."""
-    if not bool(flip.any()):
-        return batch
-    out = dict(batch)
-    for key, value in batch.items():
-        if value.dim() >= 3 and key != "attributes":
-            f = flip.view(-1, *([1] * (value.dim() - 1)))
-            flipped = value.flip(-1)
-            if key == "normals":
-                flipped = flipped * torch.tensor([-1.0, 1.0, 1.0]).view(1, 3, 1, 1)
-            out[key] = torch.where(f, flipped, value)
-    return out
 
 
 def default_device(name: str) -> torch.device:
@@ -174,11 +159,9 @@ class Trainer:
                 preds, aux = (forward or self.model)(batch["image"]), None
         losses = task_losses(preds, batch, self.tasks)
         total = self.weighting(losses)
-        if aux:
-            aux_list = aux.values() if isinstance(aux, dict) else aux
-            for aux_preds in aux_list:
-                aux_losses = task_losses(aux_preds, batch, [t for t in self.tasks if t in aux_preds])
-                total = total + self.config.aux_weight * sum(aux_losses.values())
+        for aux_preds in aux or ():
+            aux_losses = task_losses(aux_preds, batch, [t for t in self.tasks if t in aux_preds])
+            total = total + self.config.aux_weight * sum(aux_losses.values())
         return total, losses
 
     def train_epoch(self, epoch: int, *, dataset: Optional[Dataset] = None, indices=None,
@@ -201,7 +184,7 @@ class Trainer:
                 break
             start = time.perf_counter()
             if cfg.augment:
-                batch = hflip_batch(batch, torch.rand(batch["image"].shape[0], generator=flip_gen) < 0.5)
+                batch = hflip(batch, flip=torch.rand(batch["image"].shape[0], generator=flip_gen) < 0.5)
             batch = self.to_device(batch)
             total, losses = self.compute_loss(batch, forward)
             if extra_loss is not None:

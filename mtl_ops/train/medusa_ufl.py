@@ -1,4 +1,4 @@
-"""Medusa's universal feature learning (UFL) protocol (Spencer et al., CVPRW 2022; spec §1.4) as the schedule
+"""Medusa's universal feature learning (UFL) protocol (Spencer et al., CVPRW 2022) as the schedule
 of method ``medusa``. It runs when ``schedule_options`` are given (``held_out`` is then required); without
 them Medusa trains jointly in plain epochs as before.
 
@@ -41,11 +41,11 @@ def ufl_requested(config) -> bool:
 
 
 def medusa_network(net) -> Medusa:
-    """The :class:`~mtl_ops.models.Medusa` inside the trainer's method network (the adapter wraps it)."""
-    inner = getattr(net, "net", net)
-    if not isinstance(inner, Medusa):
-        raise ValueError(f"UFL protocol: expected a Medusa network, got {type(inner).__name__}")
-    return inner
+    """The trainer's method network, checked to be a :class:`~mtl_ops.models.Medusa` (the protocol adds,
+    freezes and removes its heads)."""
+    if not isinstance(net, Medusa):
+        raise ValueError(f"UFL protocol: expected a Medusa network, got {type(net).__name__}")
+    return net
 
 
 def held_out_task(config) -> str:

@@ -24,7 +24,8 @@ def depth_statistics(dataset, num: int = 64) -> tuple:
 
 
 class TargetNormalized(nn.Module):
-    """Wraps a method network; ``forward`` (and ``return_aux``) give depth in metres."""
+    """Wraps a method network; ``forward`` (and ``return_aux``, whose auxiliary predictions are a list of
+    ``{task: prediction}`` dicts) give depth in metres."""
 
     def __init__(self, net: nn.Module, depth_mean: float = 0.0, depth_std: float = 1.0):
         super().__init__()
@@ -42,6 +43,9 @@ class TargetNormalized(nn.Module):
     def forward(self, images: torch.Tensor, return_aux: bool = False):
         if return_aux:
             preds, aux = self.net(images, return_aux=True)
-            aux = {k: self._map(v) for k, v in aux.items()} if isinstance(aux, dict) else [self._map(a) for a in aux]
-            return self._map(preds), aux
+            if not isinstance(aux, (list, tuple)) or not all(isinstance(a, dict) for a in aux):
+                raise ValueError(f"{type(self.net).__name__}.forward(images, return_aux=True): expected "
+                                 f"(predictions, aux) with aux a list of {{task: prediction}} dicts, got aux of type "
+                                 f"{type(aux).__name__}")
+            return self._map(preds), [self._map(a) for a in aux]
         return self._map(self.net(images))
