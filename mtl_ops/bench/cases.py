@@ -29,6 +29,9 @@ class BenchCase:
     notes: dict = field(default_factory=dict)
     extra_providers: dict = field(default_factory=dict)  # other baselines: name -> fn(*inputs)
     modes: tuple = ("fwd", "fwd+bwd")  # forward-only ops (cka) have no backward to time
+    # backend -> fn(*inputs) on tensor cores: the op's allow_tf32=True with PyTorch's TF32 switched on for
+    # the call (the fused GEMMs are exact fp32 by default); a CUDA-only provider "<backend>+tf32"
+    tf32_fn: Callable[[str], Callable] | None = None
 
     def label(self, size: str) -> str:
         return " ".join(f"{k}={v}" for k, v in self.sizes[size].items())
@@ -43,7 +46,21 @@ def providers_for(case: BenchCase, device: torch.device) -> list[Provider]:
             if backend == "triton" and device.type == "cpu":
                 continue  # the interpreter is a correctness tool, not a contender
             out.append(Provider(backend, case.fused_fn(backend)))
+            if case.tf32_fn is not None and device.type == "cuda" and backend == "cuda":
+                out.append(Provider(f"{backend}+tf32", _with_tf32(case.tf32_fn(backend))))
     return out
+
+
+def _with_tf32(fn: Callable) -> Callable:
+    """``fn`` run with PyTorch's TF32 matmuls switched on, the setting restored after each call."""
+    def call(*inputs):
+        saved = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            return fn(*inputs)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = saved
+    return call
 
 
 def _gated_residual_inputs(size: dict, device: torch.device, dtype: torch.dtype):
@@ -91,6 +108,8 @@ CASES["ctal_affinity"] = BenchCase(
             "torch.compile(reference) and the plain-PyTorch reassociation, peak memory <= 1/10 of the reference"),
     extra_providers={"reassoc(plain torch)": lambda x, v, w, b: reference.ctal_affinity_reassociated(
         x, v, w, b, CTAL_GAMMA)},
+    tf32_fn=lambda backend: (lambda x, v, w, b: ops.ctal_affinity(x, v, w, b, CTAL_GAMMA, backend=backend,
+                                                                   allow_tf32=True)),
 )
 
 
@@ -214,6 +233,7 @@ CASES["cka"] = BenchCase(
     make_inputs=_cka_inputs,
     reference_fn=lambda x: reference.cka(x, debiased=True),
     fused_fn=lambda backend: (lambda x: ops.cka(x, debiased=True, backend=backend)),
+    tf32_fn=lambda backend: (lambda x: ops.cka(x, debiased=True, backend=backend, allow_tf32=True)),
     target="CPU fp32, T=5 n=800 d=2048 (debiased): fused >= 2x reference",
     modes=("fwd",),
 )
