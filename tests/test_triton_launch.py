@@ -22,7 +22,7 @@ from mtl_ops.reference import sfa_apply as sfa_reference
 from mtl_ops.triton import _launch, load
 from mtl_ops.triton._launch import block_start
 
-OPS = ("gated_residual", "sfa_apply", "ctal_affinity")
+OPS = ("gated_residual", "sfa_apply", "ms_attention_mix", "ctal_affinity")
 # Triton runs these tests interpreted on a CPU-only machine, compiled on a GPU one.
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
