@@ -22,7 +22,7 @@ from mtl_ops.reference import sfa_apply as sfa_reference
 from mtl_ops.triton import _launch, load
 from mtl_ops.triton._launch import block_start
 
-OPS = ("gated_residual", "sfa_apply", "ms_attention_mix", "ctal_affinity")
+OPS = ("gated_residual", "sfa_apply", "ms_attention_mix", "ctal_affinity", "routed_primitive_gather")
 # Triton runs these tests interpreted on a CPU-only machine, compiled on a GPU one.
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -301,6 +301,19 @@ def test_sfa_apply_row_above_2_31_elements_cuda(M):
     if M == "C":
         s = torch.sigmoid(m_tail.float())
         _assert_close(dm[:, :, -3:], s * (1 - s) * f[:, -3:].float(), torch.bfloat16, "elementwise")
+
+
+@pytest.mark.cuda
+@pytest.mark.triton
+@_needs_gib(24)
+def test_routed_primitive_gather_image_above_2_31_outputs_cuda():
+    # 256 shared channels of 2900 x 2900 outputs: o * H' * W' passes 2^31 inside one image.
+    args, kw = make_case(prims="identity", T=1, B=1, C=1, H=2900, W=2900, C_sh=256, C_sp=1, groups=1,
+                         device="cuda", dtype=torch.bfloat16)
+    y = routed_primitive_gather(*args, backend="triton", **kw)
+    x, ws, bs = args[0], args[4], args[5]
+    want = ws[-2:, :, 0, 0].float() @ x[0].float().reshape(1, -1)[:, -5000:] + bs[-2:, None].float()
+    _assert_close(y[0, 254:256].reshape(2, -1)[:, -5000:], want, torch.bfloat16)
 
 
 @pytest.mark.cuda
