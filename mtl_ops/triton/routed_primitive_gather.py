@@ -14,11 +14,11 @@ d w_shared     grid (o block x primitive x channel block x split): each program 
                range of (image, pixel block) items; the launcher sums the splits (at most MAX_SPLITS) in
                order. Partials: MAX_SPLITS weight-sized buffers at most, whatever the batch and image size.
 d w_task       the same with the 3x3 taps of x, per task (grid axis 1).
-d x            gather form, per image chunk: the response gradients G[n, c, p] = sum_o W[o, (c, p)] dy[n, o]
-               of at most GRAD_CHUNK_ELEMS elements are written once, then every input pixel sums what each
-               primitive's adjoint and the task conv send it (max pool: the argmax is recomputed for each of
-               the output windows containing the pixel). Each element is written by one program: no atomics,
-               the same bits on every run.
+d x            gather form, per chunk of images: the response gradients G[n, c, p] = sum_o W[o, (c, p)] dy[n, o]
+               and each max pool's window argmaxes are written once into a workspace of at most
+               GRAD_CHUNK_ELEMS elements (or one image's worth, if larger), then every input pixel sums
+               what each primitive's adjoint and the task conv send it (the dense conv as tl.dot over
+               channel tiles). Each element is written by one program: no atomics, the same bits every run.
 d biases       sums of grad_out (PyTorch reductions).
 
 Grid axis 1 is launched in chunks (``_launch.grid_chunks``; ``r0`` is the chunk's first row). Image and
@@ -387,6 +387,18 @@ def _input_grad_kernel(dy_ptr, g_ptr, arg_ptr, meta_ptr, fz_ptr, wsp_ptr, dx_ptr
              mask=cmask[:, None] & pmask[None, :])
 
 
+_META_CACHE = {}  # (table, device) -> the table on that device
+
+
+def _meta_on(meta, device):
+    """The meta table as an int32 tensor on ``device``, copied from the host once per table and device: a
+    copy from pageable host memory on every call would synchronise, and cannot be captured in a CUDA graph."""
+    key = (tuple(map(tuple, meta)), device)
+    if key not in _META_CACHE:
+        _META_CACHE[key] = torch.tensor(meta, dtype=torch.int32, device=device)
+    return _META_CACHE[key]
+
+
 def _block(n: int, cap: int) -> int:
     return max(MIN_DOT, min(cap, triton.next_power_of_2(max(n, 1))))
 
@@ -407,7 +419,7 @@ class _Plan:
                 off += flat[-1].numel()
         _launch.check_plane("routed_primitive_gather: the frozen tensors together", off)
         self.fz = torch.cat(flat) if flat else torch.zeros(1, dtype=self.acc_torch, device=x.device)
-        self.meta = torch.tensor(meta, dtype=torch.int32, device=x.device)
+        self.meta = _meta_on(meta, x.device)
         self.N, self.C, self.H, self.W = x.shape
         self.Ho, self.Wo = (self.H - 1) // stride + 1, (self.W - 1) // stride + 1
         _launch.check_plane("routed_primitive_gather: an input plane (H*W)", self.H * self.W)
