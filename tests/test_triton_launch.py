@@ -327,3 +327,39 @@ def test_backward_is_deterministic_cuda(op):
     second = _run(fn, inputs, grad_out)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
+
+
+def _run_on(op, device):
+    inputs, grad_out, fn, _ = CASES[op](device)
+    leaves = [t.detach().to(device).requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    return [out.detach()] + list(torch.autograd.grad(out, leaves, grad_out.to(device, out.dtype)))
+
+
+@pytest.mark.cuda
+@pytest.mark.triton
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+@pytest.mark.parametrize("op", OPS)
+def test_tensors_on_a_non_current_gpu_cuda(op):
+    want = _run_on(op, "cuda:0")
+    with torch.cuda.device(0):
+        got = _run_on(op, "cuda:1")
+    for g, w in zip(got, want):
+        assert g.device == torch.device("cuda", 1)
+        assert torch.equal(g.cpu(), w.cpu())
+
+
+@pytest.mark.cuda
+@pytest.mark.triton
+@pytest.mark.parametrize("op", OPS)
+def test_non_default_stream_cuda(op):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    want = _run_on(op, "cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        got = _run_on(op, "cuda")
+    torch.cuda.current_stream().wait_stream(stream)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
