@@ -1,5 +1,5 @@
-"""The verification harness every op's tests use: backends to run, tolerance tables, input layouts and
-a comparison that reports the worst element."""
+"""The verification harness every op's tests use: backends to run, tolerance tables, input layouts, a
+comparison that reports the worst element and a recorder of Triton kernel launches."""
 from __future__ import annotations
 
 import contextlib
@@ -135,3 +135,35 @@ def global_matmul_precision(precision: str | None = None, *, allow_tf32: bool | 
             setting.fp32_precision = value
         if torch.backends.cuda.preferred_blas_library() != saved_blas:
             torch.backends.cuda.preferred_blas_library(saved_blas)
+
+
+class LaunchLog:
+    """Records every Triton kernel launch (name, grid) and whether it ran inside ``_launch.device_guard``,
+    and on which device the guard was entered."""
+
+    def __init__(self, monkeypatch):
+        from mtl_ops.triton import _launch, load
+
+        self.launches, self.guard_devices, self.depth = [], [], 0
+        real_guard = _launch.device_guard
+
+        @contextlib.contextmanager
+        def guard(tensor):
+            with real_guard(tensor):
+                self.guard_devices.append(tensor.device)
+                self.depth += 1
+                try:
+                    yield
+                finally:
+                    self.depth -= 1
+
+        monkeypatch.setattr(_launch, "device_guard", guard)
+        kernel_type = type(load("gated_residual")._forward_kernel)  # JITFunction, or the interpreter's
+        real_run = kernel_type.run
+
+        def run(kernel, *args, grid, warmup, **kwargs):
+            if not warmup:
+                self.launches.append((kernel.fn.__name__, tuple(grid), self.depth > 0))
+            return real_run(kernel, *args, grid=grid, warmup=warmup, **kwargs)
+
+        monkeypatch.setattr(kernel_type, "run", run)

@@ -83,6 +83,22 @@ def test_layouts_cpu(backend, layout):
                             layout=LAYOUTS[layout])
 
 
+@pytest.mark.parametrize("backend", backend_params(OP, "cpu", ("triton",)))
+def test_triton_backward_gather_windows_in_tiles(backend, monkeypatch):
+    # A 1 x 1 scale is read by every output pixel: its gradient gathers the whole 6 x 6 output. With 2 x 2
+    # window tiles that is 9 programs per gathered pixel block, each looping over 4 output pixels, their
+    # partials summed in order (the full-size scale's window, 6 x 6 here, is tiled the same way).
+    from harness import LaunchLog
+
+    from mtl_ops.triton import load
+    monkeypatch.setattr(load("ms_attention_mix"), "WINDOW_TILE", 2)
+    log = LaunchLog(monkeypatch)
+    check_against_reference(backend, (1, 2, (6, 6), [(6, 6), (1, 1)]), torch.float32)
+    for kernel in ("_gather_values_kernel", "_gather_logits_kernel"):
+        grids = [grid for name, grid, _ in log.launches if name == kernel]
+        assert grids == [(1 * 9, 1), (1 * 9, 1)], kernel  # (pixel blocks x window tiles, batch x channel blocks)
+
+
 @pytest.mark.parametrize("backend", ["reference"] + backend_params(OP, "cpu"))
 @pytest.mark.parametrize("B, K", [(0, 3), (2, 0)])
 def test_empty_batch_or_channels(backend, B, K):

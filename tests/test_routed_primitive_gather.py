@@ -86,6 +86,80 @@ def test_parity_triton_several_programs_and_half(backend):
 
 
 @pytest.mark.parametrize("backend", backend_params(OP, "cpu", ("cpp", "triton")))
+@pytest.mark.parametrize("C_sh, C_sp", [(3, 0), (0, 3)], ids=["no_task_channels", "no_shared_channels"])
+def test_parity_one_branch_only(backend, C_sh, C_sp):
+    # Sharing ratio 1 (C_sh = C_out, no per-task channels) and its opposite, forward and backward.
+    check_against_reference(backend, prims="default5", T=2, B=1, C=2, H=4, W=5, C_sh=C_sh, C_sp=C_sp, groups=1)
+
+
+@pytest.mark.parametrize("backend", backend_params(OP, "cpu", ("triton",)))
+def test_parity_triton_wide_layers(backend):
+    # More channels than one tile holds: 2 blocks of shared outputs (64 each), 2 of task outputs, 2 of input
+    # channels (16 each, which the dense conv also loops over), and 4 groups of 5 input channels, so channel
+    # blocks straddle groups.
+    check_against_reference(backend, prims="all", T=2, B=1, C=20, H=3, W=4, C_sh=80, C_sp=70, groups=4)
+
+
+@pytest.mark.parametrize("backend", backend_params(OP, "cpu", ("triton",)))
+def test_triton_backward_in_bounded_pieces(backend, monkeypatch):
+    # Several pixel blocks per image (16 x 16 at stride 1: 4 blocks of 64), at most 2 weight-gradient
+    # partials (each program then sums 4 (image, pixel block) items in order), and one image per chunk of the
+    # response-gradient workspace.
+    from harness import LaunchLog
+
+    from mtl_ops.triton import load
+    rpg = load("routed_primitive_gather")
+    monkeypatch.setattr(rpg, "MAX_SPLITS", 2)
+    monkeypatch.setattr(rpg, "GRAD_CHUNK_ELEMS", 1)
+    log = LaunchLog(monkeypatch)
+    check_against_reference(backend, prims="default5", T=2, B=1, C=2, H=16, W=16, C_sh=2, C_sp=1, groups=1)
+    grids = {}
+    for name, grid, _ in log.launches:
+        grids.setdefault(name, []).append(grid)
+    tiles = 1 * 5 * 1  # output-channel blocks x primitives x channel blocks
+    assert grids["_wgrad_shared_kernel"] == [(2 * tiles,)]
+    assert grids["_wgrad_task_kernel"] == [(2 * 9, 2)]  # 2 splits x 9 taps, 2 tasks
+    assert len(grids["_input_grad_kernel"]) == 2  # one launch per image
+
+
+def test_triton_tiles_are_capped():
+    # A 256-channel layer: accumulators stay (64 x 64) and channel tiles 16, whatever the width.
+    from mtl_ops.triton import load
+    rpg = load("routed_primitive_gather")
+    args, kwargs = make_case(prims="identity", T=1, B=1, C=256, H=2, W=2, C_sh=256, C_sp=256, groups=1)
+    plan = rpg._Plan(args[0], args[1], args[2], args[3], args[4], args[6], **kwargs)
+    assert (plan.BO, plan.BQ, plan.BC) == (64, 64, 16)
+    assert (plan.n_ob, plan.n_qb, plan.n_cb) == (4, 4, 16)
+
+
+def test_triton_meta_table_is_copied_to_the_device_once():
+    # A host-to-device copy on every call would synchronise and break CUDA-graph capture.
+    from mtl_ops.triton import load
+    rpg = load("routed_primitive_gather")
+    args, kwargs = make_case(prims="default5")
+    plans = [rpg._Plan(args[0], args[1], args[2], args[3], args[4], args[6], **kwargs) for _ in range(2)]
+    assert plans[0].meta is plans[1].meta
+    assert plans[0].meta.tolist() == [[5, 1, 0, 0, 1, 1], [5, 2, 0, 36, 1, 1], [4, 0, 0, 72, 3, 5],
+                                      [1, 0, 0, 132, 1, 1], [2, 0, 0, 0, 1, 1]]
+
+
+def test_triton_weight_gradient_partials_do_not_grow_with_the_batch():
+    # The benchmark size (T*B = 48, 128 x 128): one partial per (image, pixel block) would be 12,288.
+    from mtl_ops.triton import load
+    rpg = load("routed_primitive_gather")
+    splits, per = rpg._splits(48 * 256, tiles=4 * 5 * 16)
+    assert splits <= rpg.MAX_SPLITS and splits * per >= 48 * 256 and (splits - 1) * per < 48 * 256
+
+
+def test_triton_backward_uses_no_atomics():
+    # Atomic float adds make d x differ from run to run; the backward is written as gathers and ordered sums.
+    import inspect
+
+    from mtl_ops.triton import load
+    assert "atomic_" not in inspect.getsource(load("routed_primitive_gather"))
+
+
+@pytest.mark.parametrize("backend", backend_params(OP, "cpu", ("cpp", "triton")))
 def test_non_contiguous_input(backend):
     args, kwargs = make_case(prims="default5", **TRITON_TINY)
     x = args[0].to(memory_format=torch.channels_last)

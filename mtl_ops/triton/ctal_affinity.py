@@ -12,10 +12,15 @@ with IEEE dots (no TF32).
 
 Row and column tiles never straddle two tasks, so per-task weights are uniform within a tile. The bias
 terms, the L2 normalisation and its backward, and the gamma blend are element-wise PyTorch in the launcher.
+The gram kernel's tile axis (B * T^2 * tiles^2 programs) is grid axis 1, launched in chunks
+(``_launch.grid_chunks``); the other kernels put all their tiles on axis 0. Offsets of whole rows and
+matrices are int64 (the batch index is converted first); offsets inside one N-pixel row are int32.
 """
 import torch
 import triton
 import triton.language as tl
+
+from . import _launch
 
 EPS = 1e-12
 
@@ -31,11 +36,11 @@ def _shifted(j, dy, dx, H, W, N):
 
 
 @triton.jit
-def _gram_kernel(a_ptr, b_ptr, s_ptr, out_ptr, B, T, C, H, W, N, n_mt, n_nt,
+def _gram_kernel(a_ptr, b_ptr, s_ptr, out_ptr, B, T, C, H, W, N, n_mt, n_nt, pid1_base,
                  K: tl.constexpr, SIGN: tl.constexpr, SCALED: tl.constexpr, PER_TASK: tl.constexpr,
                  TAPS_PER_PROGRAM: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                  ACC: tl.constexpr):
-    pid = tl.program_id(1)
+    pid = tl.program_id(1) + pid1_base
     nt = pid % n_nt
     pid = pid // n_nt
     t_col = pid % T
@@ -164,10 +169,6 @@ def _query_kernel(g_ptr, dz_ptr, f_ptr, s_ptr, df_ptr, dwp_ptr, B, T, C, N, n_ct
     tl.store(df_ptr + (b * TC + cols)[:, None] * N + i[None, :], df.to(df_ptr.dtype.element_ty), mask=fmask)
 
 
-def _acc(dtype: torch.dtype):
-    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
-
-
 class _Geometry:
     def __init__(self, x, weight):
         self.B, self.T, self.C, self.H, self.W = x.shape
@@ -184,7 +185,7 @@ class _Geometry:
 
 
 def _prepare(x, v, weight, g: _Geometry):
-    acc, _ = _acc(x.dtype)
+    acc, _ = _launch.acc_dtypes(x.dtype)
     xa = x.to(acc).contiguous().view(g.B, g.T, g.C, g.N)
     va = v.to(acc).contiguous().view(g.B, g.T, g.C, g.N)
     norm = xa.norm(dim=2, keepdim=True)
@@ -196,16 +197,16 @@ def _prepare(x, v, weight, g: _Geometry):
 
 
 def _gram(a, src, s, out, g: _Geometry, sign: int, scaled: bool):
-    _, ACC = _acc(a.dtype)
+    _, ACC = _launch.acc_dtypes(a.dtype)
     per_program = g.taps if a.device.type == "cpu" else 1
-    grid = (g.taps // per_program, g.B * g.T * g.n_ct * g.T * g.n_ct)
-    _gram_kernel[grid](a, src, s, out, g.B, g.T, g.C, g.H, g.W, g.N, g.n_ct, g.n_ct, K=g.k, SIGN=sign,
-                       SCALED=scaled, PER_TASK=g.per_task, TAPS_PER_PROGRAM=per_program, BM=g.tile_c,
-                       BN=g.tile_c, BK=g.tile_n, ACC=ACC)
+    for base, n in _launch.grid_chunks(g.B * g.T * g.n_ct * g.T * g.n_ct):
+        _gram_kernel[(g.taps // per_program, n)](
+            a, src, s, out, g.B, g.T, g.C, g.H, g.W, g.N, g.n_ct, g.n_ct, base, K=g.k, SIGN=sign, SCALED=scaled,
+            PER_TASK=g.per_task, TAPS_PER_PROGRAM=per_program, BM=g.tile_c, BN=g.tile_c, BK=g.tile_n, ACC=ACC)
 
 
 def _apply(lhs, src, s, g: _Geometry, sign: int, scaled: bool, trans: bool):
-    _, ACC = _acc(src.dtype)
+    _, ACC = _launch.acc_dtypes(src.dtype)
     out = torch.empty(g.B, g.TC, g.N, dtype=src.dtype, device=src.device)
     grid = (g.B * g.T * g.n_ct * g.n_it,)
     _apply_kernel[grid](lhs, src, s, out, g.B, g.T, g.C, g.H, g.W, g.N, g.n_ct, g.n_it, K=g.k, SIGN=sign,
@@ -219,8 +220,9 @@ def forward(x, v, weight, bias, gamma):
     xa, va, fh, s, _, _ = _prepare(x, v, weight, g)
     gram = torch.empty(g.taps, g.B, g.TC, g.TC, dtype=xa.dtype, device=x.device)
     if x.numel():
-        _gram(va, fh, s, gram, g, sign=1, scaled=False)
-        Z = _apply(gram, fh, s, g, sign=0, scaled=True, trans=False)
+        with _launch.device_guard(x):
+            _gram(va, fh, s, gram, g, sign=1, scaled=False)
+            Z = _apply(gram, fh, s, g, sign=0, scaled=True, trans=False)
     else:
         Z = torch.zeros_like(xa)
     Z = Z + va.sum(3, keepdim=True) * bias.to(xa.dtype).reshape(1, g.Tw, 1, g.N)
@@ -233,17 +235,21 @@ def backward(grad_out, x, v, weight, bias, gamma, gram):
     xa, va, fh, s, norm, inv = _prepare(x, v, weight, g)
     dr = grad_out.to(xa.dtype).contiguous().view(g.B, g.T, g.C, g.N)
     dZ = (gamma * dr).contiguous()
-    dG = torch.empty_like(gram)
-    _gram(dZ, fh, s, dG, g, sign=0, scaled=True)
-    dv = _apply(dG, fh, s, g, sign=1, scaled=False, trans=False)
-    dF = _apply(dG, va, s, g, sign=-1, scaled=False, trans=True)
-    dF_query = torch.empty_like(fh)
-    partials = torch.empty(g.B, g.n_ct, g.Tw, g.taps, g.T, g.N, dtype=xa.dtype, device=x.device)
-    _, ACC = _acc(xa.dtype)
-    _query_kernel[(g.B * g.T * g.n_ct * g.n_it,)](
-        gram, dZ, fh, s, dF_query, partials, g.B, g.T, g.C, g.N, g.n_ct, g.n_it, K=g.k, PER_TASK=g.per_task,
-        TW=g.Tw, BC=g.tile_c, BM=g.tile_c, BI=g.tile_n, ACC=ACC)
-    dF = dF + dF_query
+    partials = torch.zeros(g.B, g.n_ct, g.Tw, g.taps, g.T, g.N, dtype=xa.dtype, device=x.device)
+    if x.numel():
+        dG = torch.empty_like(gram)
+        dF_query = torch.empty_like(fh)
+        _, ACC = _launch.acc_dtypes(xa.dtype)
+        with _launch.device_guard(x):
+            _gram(dZ, fh, s, dG, g, sign=0, scaled=True)
+            dv = _apply(dG, fh, s, g, sign=1, scaled=False, trans=False)
+            dF = _apply(dG, va, s, g, sign=-1, scaled=False, trans=True)
+            _query_kernel[(g.B * g.T * g.n_ct * g.n_it,)](
+                gram, dZ, fh, s, dF_query, partials, g.B, g.T, g.C, g.N, g.n_ct, g.n_it, K=g.k,
+                PER_TASK=g.per_task, TW=g.Tw, BC=g.tile_c, BM=g.tile_c, BI=g.tile_n, ACC=ACC)
+        dF = dF + dF_query
+    else:
+        dv, dF = torch.zeros_like(va), torch.zeros_like(fh)
     bias_a = bias.to(xa.dtype).reshape(1, g.Tw, 1, g.N)
     dv = dv + (dZ * bias_a).sum(3, keepdim=True)
     dbias = (dZ * va.sum(3, keepdim=True)).sum((0, 2))

@@ -3,19 +3,30 @@
 forward   grid (pixel blocks of H*W, B): logits of every scale at the block's pixels -> lse; then for each
           block of KB channels, sum over scales of exp(a_s - lse) * bilinear(value_s). No resized map is stored.
 backward  1. grid (pixel blocks, B): gv_s = <grad_out, up(v_s)> per scale, go = sum_s w_s gv_s, and the
-             logit gradient at output resolution da_s = w_s (gv_s - go) into a (B, S, H*W) fp32 workspace
-             (1/K of the output per scale; the only output-resolution buffer of the backward).
-          2. per scale, grid (low-res pixel blocks, B, channel blocks): each low-res value gradient gathers the
-             output pixels that read it (a window of about 2/scale + 5 rows and columns), recomputing w_s.
-          3. per scale, grid (low-res pixel blocks, B): the logit gradients gather da_s the same way.
-          Gathers, no atomics: deterministic for any sizes.
+             logit gradient at output resolution da_s = w_s (gv_s - go) into a (B, S, H*W) workspace (1/K of
+             the output per scale; the only output-resolution buffer of the backward). Every scale's gv_s and
+             w_s stay in registers ((S, BLOCK) tiles) until da is written once.
+          2. per scale, grid (low-res pixel blocks x window tiles, B x channel blocks): each low-res value
+             gradient gathers the output pixels that read it, recomputing w_s. That window is about
+             (2H/h + 5) x (2W/w + 5) output pixels, all of H x W for a 1 x 1 scale, so it is cut into
+             WINDOW_TILE x WINDOW_TILE tiles, one per program; the per-tile partials are summed by the
+             launcher in a fixed order.
+          3. per scale, the same for the logit gradients, gathering da_s.
+          Gathers and fixed-order sums, no atomics: deterministic for any sizes.
+
+Grid axis 1 is launched in chunks (``_launch.grid_chunks``; ``r0`` is the chunk's first row). Image and
+channel offsets are int64 (the batch index is converted first); offsets inside one plane are int32, and the
+launcher checks that every plane fits.
 """
 import torch
 import triton
 import triton.language as tl
 
+from . import _launch
+
 BLOCK = 128
 KB_MAX = 32
+WINDOW_TILE = 16  # rows and columns of the gather window one backward program covers
 
 
 @triton.jit
@@ -53,9 +64,9 @@ def _logit_at(l_ptr, b, h, w, y, x, H, W, mask, ACC: tl.constexpr):
 
 
 @triton.jit
-def _forward_kernel(v_ptrs, l_ptrs, hs, ws, out_ptr, lse_ptr, K, H, W,
+def _forward_kernel(v_ptrs, l_ptrs, hs, ws, out_ptr, lse_ptr, K, H, W, r0,
                     S: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr, KB: tl.constexpr):
-    b = tl.program_id(1).to(tl.int64)
+    b = (tl.program_id(1) + r0).to(tl.int64)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     pm = offs < H * W
     y = offs // W
@@ -87,14 +98,18 @@ def _forward_kernel(v_ptrs, l_ptrs, hs, ws, out_ptr, lse_ptr, K, H, W,
 
 
 @triton.jit
-def _row_terms_kernel(g_ptr, lse_ptr, v_ptrs, l_ptrs, hs, ws, da_ptr, K, H, W,
-                      S: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr, KB: tl.constexpr):
-    b = tl.program_id(1).to(tl.int64)
+def _row_terms_kernel(g_ptr, lse_ptr, v_ptrs, l_ptrs, hs, ws, da_ptr, K, H, W, r0,
+                      S: tl.constexpr, SP: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
+                      KB: tl.constexpr):
+    b = (tl.program_id(1) + r0).to(tl.int64)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     pm = offs < H * W
     y = offs // W
     x = offs % W
+    srow = tl.arange(0, SP)
     go = tl.zeros([BLOCK], ACC)
+    gv_all = tl.zeros([SP, BLOCK], ACC)  # row s: gv_s
+    w_all = tl.zeros([SP, BLOCK], ACC)  # row s: w_s
     lse = tl.load(lse_ptr + b * H * W + offs, mask=pm, other=0.0)
     for s in tl.static_range(S):
         h = hs[s]
@@ -112,11 +127,11 @@ def _row_terms_kernel(g_ptr, lse_ptr, v_ptrs, l_ptrs, hs, ws, da_ptr, K, H, W,
                         mask2, ACC)
             gv += tl.sum(g * v, axis=0)
         go += wgt * gv
-        tl.store(da_ptr + (b * S + s) * H * W + offs, gv, mask=pm)  # gv_s for now
-    for s in tl.static_range(S):
-        wgt = tl.exp(_logit_at(l_ptrs[s], b, hs[s], ws[s], y, x, H, W, pm, ACC) - lse)
-        da = da_ptr + (b * S + s) * H * W + offs
-        tl.store(da, wgt * (tl.load(da, mask=pm, other=0.0) - go), mask=pm)
+        here = (srow == s)[:, None]
+        gv_all = tl.where(here, gv[None, :], gv_all)
+        w_all = tl.where(here, wgt[None, :], w_all)
+    da = w_all * (gv_all - go[None, :])
+    tl.store(da_ptr + (b * S + srow[:, None]) * H * W + offs[None, :], da, mask=(srow < S)[:, None] & pm[None, :])
 
 
 @triton.jit
@@ -127,23 +142,36 @@ def _window_start(i, n_in, n_out, ACC: tl.constexpr):
 
 
 @triton.jit
-def _gather_values_kernel(g_ptr, lse_ptr, l_ptr, dv_ptr, K, H, W, h, w, WY, WX,
-                          ACC: tl.constexpr, BLOCK: tl.constexpr, KB: tl.constexpr):
-    b = tl.program_id(1).to(tl.int64)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+def _window_tile(n_pb, n_tx, WY, WX, TILE: tl.constexpr):
+    """(pixel block, window rows, window columns) of this program: axis 0 enumerates the window tiles of
+    every pixel block."""
+    pid = tl.program_id(0)
+    tile = pid // n_pb
+    ty = tile // n_tx
+    tx = tile % n_tx
+    return pid % n_pb, tile, ty * TILE, tl.minimum(ty * TILE + TILE, WY), tx * TILE, tl.minimum(tx * TILE + TILE, WX)
+
+
+@triton.jit
+def _gather_values_kernel(g_ptr, lse_ptr, l_ptr, dv_ptr, B, K, H, W, h, w, WY, WX, n_pb, n_tx, n_kb, r0,
+                          TILE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr, KB: tl.constexpr):
+    pb, tile, dy0, dy1, dx0, dx1 = _window_tile(n_pb, n_tx, WY, WX, TILE)
+    row = tl.program_id(1) + r0  # b * n_kb + channel block
+    b = (row // n_kb).to(tl.int64)
+    offs = pb * BLOCK + tl.arange(0, BLOCK)
     pm = offs < h * w
     i = offs // w
     j = offs % w
-    ks = tl.program_id(2) * KB + tl.arange(0, KB)
+    ks = (row % n_kb) * KB + tl.arange(0, KB)
     km = ks < K
     lo_y = _window_start(i, h, H, ACC)
     lo_x = _window_start(j, w, W, ACC)
     acc = tl.zeros([KB, BLOCK], ACC)
-    for dy in range(0, WY):
+    for dy in range(dy0, dy1):
         yy = lo_y + dy
         y0, y1, ly = _taps(yy, h, H, ACC)
         wy = _tap_weight(y0, y1, ly, i)
-        for dx in range(0, WX):
+        for dx in range(dx0, dx1):
             xx = lo_x + dx
             x0, x1, lx = _taps(xx, w, W, ACC)
             valid = pm & (yy < H) & (xx < W)
@@ -154,35 +182,34 @@ def _gather_values_kernel(g_ptr, lse_ptr, l_ptr, dv_ptr, K, H, W, h, w, WY, WX,
             g = tl.load(g_ptr + (b * K + ks[:, None]) * H * W + (yy * W + xx)[None, :],
                         mask=km[:, None] & valid[None, :], other=0.0).to(ACC)
             acc += c[None, :] * g
-    tl.store(dv_ptr + (b * K + ks[:, None]) * h * w + offs[None, :], acc, mask=km[:, None] & pm[None, :])
+    out = dv_ptr + ((tile.to(tl.int64) * B + b) * K + ks[:, None]) * h * w + offs[None, :]
+    tl.store(out, acc, mask=km[:, None] & pm[None, :])
 
 
 @triton.jit
-def _gather_logits_kernel(da_ptr, dl_ptr, s, S, H, W, h, w, WY, WX, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    b = tl.program_id(1).to(tl.int64)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+def _gather_logits_kernel(da_ptr, dl_ptr, s, S, B, H, W, h, w, WY, WX, n_pb, n_tx, r0,
+                          TILE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    pb, tile, dy0, dy1, dx0, dx1 = _window_tile(n_pb, n_tx, WY, WX, TILE)
+    b = (tl.program_id(1) + r0).to(tl.int64)
+    offs = pb * BLOCK + tl.arange(0, BLOCK)
     pm = offs < h * w
     i = offs // w
     j = offs % w
     lo_y = _window_start(i, h, H, ACC)
     lo_x = _window_start(j, w, W, ACC)
     acc = tl.zeros([BLOCK], ACC)
-    for dy in range(0, WY):
+    for dy in range(dy0, dy1):
         yy = lo_y + dy
         y0, y1, ly = _taps(yy, h, H, ACC)
         wy = _tap_weight(y0, y1, ly, i)
-        for dx in range(0, WX):
+        for dx in range(dx0, dx1):
             xx = lo_x + dx
             x0, x1, lx = _taps(xx, w, W, ACC)
             valid = pm & (yy < H) & (xx < W)
             wt = tl.where(valid, wy * _tap_weight(x0, x1, lx, j), 0.0)
             d = tl.load(da_ptr + (b * S + s) * H * W + yy * W + xx, mask=valid, other=0.0)
             acc += wt * d
-    tl.store(dl_ptr + b * h * w + offs, acc, mask=pm)
-
-
-def _acc(dtype: torch.dtype):
-    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
+    tl.store(dl_ptr + (tile.to(tl.int64) * B + b) * h * w + offs, acc, mask=pm)
 
 
 def _kb(K: int) -> int:
@@ -194,20 +221,28 @@ def _window(n_in: int, n_out: int) -> int:
     return min(int(2.0 * n_out / n_in) + 5, n_out)
 
 
+def _check_planes(values, H, W):
+    _launch.check_plane("ms_attention_mix: the output plane (H*W)", H * W)
+    for s, v in enumerate(values):
+        _launch.check_plane(f"ms_attention_mix: values[{s}]'s plane (h*w)", v.shape[2] * v.shape[3])
+
+
 def forward(values, logits, size):
     values = [v.contiguous() for v in values]
     logits = [a.contiguous() for a in logits]
     B, K = values[0].shape[:2]
     H, W = int(size[0]), int(size[1])
-    acc_torch, acc_tl = _acc(values[0].dtype)
+    _check_planes(values, H, W)
+    acc_torch, acc_tl = _launch.acc_dtypes(values[0].dtype)
     out = values[0].new_empty(B, K, H, W)
     lse = values[0].new_empty(B, H, W, dtype=acc_torch)
     if B == 0:
         return out, lse
-    grid = (triton.cdiv(H * W, BLOCK), B)
-    _forward_kernel[grid](tuple(values), tuple(logits), tuple(v.shape[2] for v in values),
-                          tuple(v.shape[3] for v in values), out, lse, K, H, W,
-                          S=len(values), ACC=acc_tl, BLOCK=BLOCK, KB=_kb(K))
+    hs, ws = tuple(v.shape[2] for v in values), tuple(v.shape[3] for v in values)
+    with _launch.device_guard(values[0]):
+        for r0, n in _launch.grid_chunks(B):
+            _forward_kernel[(triton.cdiv(H * W, BLOCK), n)](tuple(values), tuple(logits), hs, ws, out, lse, K, H, W,
+                                                            r0, S=len(values), ACC=acc_tl, BLOCK=BLOCK, KB=_kb(K))
     return out, lse
 
 
@@ -217,22 +252,37 @@ def backward(grad_out, values, logits, lse):
     g, lse = grad_out.contiguous(), lse.contiguous()
     S = len(values)
     B, K, H, W = g.shape
-    acc_torch, acc_tl = _acc(values[0].dtype)
-    d_values = [torch.zeros(v.shape, dtype=acc_torch, device=v.device) for v in values]
-    d_logits = [torch.zeros(a.shape, dtype=acc_torch, device=a.device) for a in logits]
-    if B > 0:
-        kb = _kb(K)
-        da = torch.empty(B, S, H, W, dtype=acc_torch, device=g.device)
-        hs, ws = tuple(v.shape[2] for v in values), tuple(v.shape[3] for v in values)
-        _row_terms_kernel[(triton.cdiv(H * W, BLOCK), B)](g, lse, tuple(values), tuple(logits), hs, ws, da,
-                                                          K, H, W, S=S, ACC=acc_tl, BLOCK=BLOCK, KB=kb)
+    _check_planes(values, H, W)
+    acc_torch, acc_tl = _launch.acc_dtypes(values[0].dtype)
+    dtype = values[0].dtype
+    if B == 0:
+        return [torch.zeros_like(t, memory_format=torch.contiguous_format) for t in values + logits]
+    kb = _kb(K)
+    n_kb = triton.cdiv(K, kb)
+    hs, ws = tuple(v.shape[2] for v in values), tuple(v.shape[3] for v in values)
+    da = torch.empty(B, S, H, W, dtype=acc_torch, device=g.device)
+    d_values, d_logits = [], []
+    with _launch.device_guard(g):
+        for r0, n in _launch.grid_chunks(B):
+            _row_terms_kernel[(triton.cdiv(H * W, BLOCK), n)](
+                g, lse, tuple(values), tuple(logits), hs, ws, da, K, H, W, r0, S=S,
+                SP=triton.next_power_of_2(S), ACC=acc_tl, BLOCK=BLOCK, KB=kb)
         for s in range(S):
             h, w = hs[s], ws[s]
             wy, wx = _window(h, H), _window(w, W)
+            tile = WINDOW_TILE
+            n_pb, n_ty, n_tx = triton.cdiv(h * w, BLOCK), triton.cdiv(wy, tile), triton.cdiv(wx, tile)
+            grid0 = n_pb * n_ty * n_tx
+            dv = torch.zeros(n_ty * n_tx, B, K, h, w, dtype=acc_torch, device=g.device)
             if K > 0:
-                _gather_values_kernel[(triton.cdiv(h * w, BLOCK), B, triton.cdiv(K, kb))](
-                    g, lse, logits[s], d_values[s], K, H, W, h, w, wy, wx, ACC=acc_tl, BLOCK=BLOCK, KB=kb)
-            _gather_logits_kernel[(triton.cdiv(h * w, BLOCK), B)](da, d_logits[s], s, S, H, W, h, w, wy, wx,
-                                                                  ACC=acc_tl, BLOCK=BLOCK)
-    dtype = values[0].dtype
-    return [d.to(dtype) for d in d_values] + [d.to(dtype) for d in d_logits]
+                for r0, n in _launch.grid_chunks(B * n_kb):
+                    _gather_values_kernel[(grid0, n)](g, lse, logits[s], dv, B, K, H, W, h, w, wy, wx, n_pb, n_tx,
+                                                      n_kb, r0, TILE=tile, ACC=acc_tl, BLOCK=BLOCK, KB=kb)
+            dl = torch.empty(n_ty * n_tx, B, 1, h, w, dtype=acc_torch, device=g.device)
+            for r0, n in _launch.grid_chunks(B):
+                _gather_logits_kernel[(grid0, n)](da, dl, s, S, B, H, W, h, w, wy, wx, n_pb, n_tx, r0, TILE=tile,
+                                                  ACC=acc_tl, BLOCK=BLOCK)
+            # Window tiles summed in tile order (a fixed order: deterministic).
+            d_values.append(dv.sum(0).to(dtype) if n_ty * n_tx > 1 else dv[0].to(dtype))
+            d_logits.append(dl.sum(0).to(dtype) if n_ty * n_tx > 1 else dl[0].to(dtype))
+    return d_values + d_logits
