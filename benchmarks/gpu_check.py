@@ -25,6 +25,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -70,16 +71,24 @@ class Check:
         return max(0.0, min(self.caps[stage], self.left() - self.caps["summary"]))
 
     def run(self, cmd, log: str, timeout: float, env=None, append=False) -> tuple[int | None, float]:
-        """Runs ``cmd`` with its output in ``log``; (exit code or None if it ran past ``timeout``, seconds)."""
+        """Runs ``cmd`` with its output in ``log``; (exit code or None if it ran past ``timeout``, seconds).
+        Past the timeout the command gets SIGINT first (pytest then stops, prints its summary and writes its
+        junit file; the benchmarks keep the rows already written), and is killed 20 s later."""
         t0 = time.monotonic()
         with open(self.out / log, "a" if append else "w") as f:
             f.write(f"$ {' '.join(map(str, cmd))}\n")
             f.flush()
+            proc = subprocess.Popen(list(map(str, cmd)), cwd=ROOT, env=env or self.env, stdout=f,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
             try:
-                proc = subprocess.run(list(map(str, cmd)), cwd=ROOT, env=env or self.env, stdout=f,
-                                      stderr=subprocess.STDOUT, timeout=max(timeout, 1))
-                code = proc.returncode
+                code = proc.wait(timeout=max(timeout, 1))
             except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGINT)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
                 f.write(f"\n[gpu_check] stopped after {timeout:.0f} s (time cap)\n")
                 code = None
         return code, time.monotonic() - t0
@@ -163,8 +172,6 @@ class Check:
     def stop_compile_warmup(self) -> None:
         proc = getattr(self, "warmup", None)
         if proc is not None and proc.poll() is None:
-            import signal
-
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)
             with open(self.out / "compile-warmup.log", "a") as f:
@@ -175,8 +182,8 @@ class Check:
         marker = "cuda" if self.dry else "cuda or triton"
         cmd = [self.python, "-m", "pytest", "tests", "-m", marker, "-q", "-rfE", "-p", "no:cacheprovider",
                f"--junitxml={self.out / 'pytest.xml'}"]
-        if not self.dry and _has_module("xdist"):
-            cmd += ["-n", str(min(8, os.cpu_count() or 1))]
+        if not self.dry and _has_module("xdist"):  # Triton and Inductor compile on the CPU: use its cores
+            cmd += ["-n", str(max(1, min(12, (os.cpu_count() or 2) - 2)))]
         if _has_module("pytest_timeout"):
             cmd += ["--timeout", "150"]
         cmd += self.args.pytest_args
