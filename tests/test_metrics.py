@@ -246,118 +246,6 @@ def test_normals_bad_input():
         m.compute()
 
 
-# --------------------------------------------------------------------------------------------- edges
-# one row of 7 pixels: probabilities p and binary target g
-#   p = [0.9, 0.2, 0, 0.7, 0, 0, 0],  g = [0, 1, 0, 0, 0, 0, 1]  →  G = {1, 6}
-# radius 1, D1(G) = {0, 1, 2, 5, 6}
-#   t = 0.1: P = {0, 1, 3}, P∩D1(G) = {0, 1} → prec 2/3; D1(P) = {0..4} → G hit {1} → rec 1/2 → F = 4/7
-#   t = 0.5: P = {0, 3},   P∩D1(G) = {0}    → prec 1/2; rec 1/2 → F = 1/2
-#   t = 0.8: P = {0},      prec 1;  D1(P) = {0, 1} → rec 1/2 → F = 2/3   ← best
-# radius 0:
-#   t = 0.1: TP {1} → prec 1/3, rec 1/2 → F = 2/5   ← best;  t = 0.5, 0.8: F = 0
-EDGE_P = torch.tensor([[[0.9, 0.2, 0.0, 0.7, 0.0, 0.0, 0.0]]])
-EDGE_T = torch.tensor([[[0, 1, 0, 0, 0, 0, 1]]])
-
-
-def test_edges_hand_computed():
-    m = EdgeMetric(radius=1, thresholds=[0.1, 0.5, 0.8], from_logits=False)
-    m.update(EDGE_P, EDGE_T)
-    out = m.compute()
-    assert out == approx({"F": 200 / 3, "precision": 100.0, "recall": 50.0, "threshold": 0.8})
-    assert m.curve()["F"].tolist() == approx([400 / 7, 50.0, 200 / 3])
-    m0 = EdgeMetric(radius=0, thresholds=[0.1, 0.5, 0.8], from_logits=False)
-    m0.update(EDGE_P.unsqueeze(1), EDGE_T.unsqueeze(1))
-    assert m0.compute() == approx({"F": 40.0, "precision": 100 / 3, "recall": 50.0, "threshold": 0.1})
-    fixed = EdgeMetric(radius=1, thresholds=0.5, from_logits=False)
-    fixed.update(EDGE_P, EDGE_T)
-    assert fixed.compute()["F"] == approx(50.0)
-
-
-def test_edges_logits_square_window_and_ignore():
-    # logits give the same result as probabilities
-    m = EdgeMetric(radius=1, thresholds=[0.1, 0.5, 0.8])
-    m.update(torch.logit(EDGE_P.double().clamp(1e-6, 1 - 1e-6)).float(), EDGE_T)
-    assert m.compute()["F"] == approx(200 / 3)
-    # ignoring pixel 3 (the 0.7 prediction) at t = 0.5: P = {0} → prec 1, rec 1/2 → F = 2/3
-    tgt = EDGE_T.clone()
-    tgt[0, 0, 3] = 255
-    m = EdgeMetric(radius=1, thresholds=0.5, from_logits=False)
-    m.update(EDGE_P, tgt)
-    assert m.compute()["F"] == approx(200 / 3)
-    # explicit mask does the same
-    m = EdgeMetric(radius=1, thresholds=0.5, from_logits=False)
-    m.update(EDGE_P, EDGE_T, mask=tgt != 255)
-    assert m.compute()["F"] == approx(200 / 3)
-    # the tolerance is a square: a diagonal neighbour matches at radius 1, not at radius 0
-    pred = torch.zeros(1, 3, 3)
-    pred[0, 0, 0] = 0.9
-    target = torch.zeros(1, 3, 3, dtype=torch.long)
-    target[0, 1, 1] = 1
-    for radius, expected in ((1, 100.0), (0, 0.0)):
-        m = EdgeMetric(radius=radius, thresholds=0.5, from_logits=False)
-        m.update(pred, target)
-        assert m.compute()["F"] == approx(expected)
-
-
-def test_edges_accumulation_equals_one_update():
-    g = torch.Generator().manual_seed(2)
-    logits = torch.randn(4, 1, 9, 11, generator=g)
-    target = (torch.rand(4, 1, 9, 11, generator=g) < 0.2).long()
-    target[:, :, 0, :] = 255
-    whole, parts = EdgeMetric(), EdgeMetric()
-    whole.update(logits, target)
-    for i in range(4):
-        parts.update(logits[i : i + 1], target[i : i + 1])
-    assert parts.compute() == approx(whole.compute())
-    half = EdgeMetric()
-    half.update(logits.bfloat16(), target)
-    assert 0 < half.compute()["F"] <= 100
-
-
-def test_edges_match_brute_force_definition():
-    g = torch.Generator().manual_seed(4)
-    prob = torch.rand(2, 5, 6, generator=g)
-    target = (torch.rand(2, 5, 6, generator=g) < 0.25).long()
-    target[0, 0, :3] = 255
-    thresholds = [0.2, 0.4, 0.6, 0.8]
-    radius = 1
-    valid = target != 255
-    gt = (target == 1) & valid
-    n_pred, tp_pred, tp_gt = [0] * 4, [0] * 4, [0] * 4
-    for k, t in enumerate(thresholds):
-        pred = (prob >= t) & valid
-        for b, y, x in pred.nonzero().tolist():
-            tp_pred[k] += bool(gt[b, max(y - radius, 0) : y + radius + 1, max(x - radius, 0) : x + radius + 1].any())
-            n_pred[k] += 1
-        for b, y, x in gt.nonzero().tolist():
-            tp_gt[k] += bool(pred[b, max(y - radius, 0) : y + radius + 1, max(x - radius, 0) : x + radius + 1].any())
-    num_gt = int(gt.sum())
-    f = []
-    for k in range(4):
-        p, r = (tp_pred[k] / n_pred[k] if n_pred[k] else 0.0), tp_gt[k] / num_gt
-        f.append(200 * p * r / (p + r) if p + r else 0.0)
-    m = EdgeMetric(radius=radius, thresholds=thresholds, from_logits=False)
-    m.update(prob, target)
-    assert m.curve()["F"].tolist() == approx(f)
-    assert m.compute()["F"] == approx(max(f))
-
-
-def test_edges_bad_input():
-    m = EdgeMetric(from_logits=False)
-    with pytest.raises(ValueError, match=r"target must contain only 0, 1 and ignore_index=255"):
-        m.update(EDGE_P, EDGE_T * 2)
-    with pytest.raises(ValueError, match=r"probabilities in \[0, 1\]"):
-        m.update(EDGE_P * 3, EDGE_T)
-    with pytest.raises(ValueError, match="pred has shape .* but target has shape"):
-        m.update(EDGE_P[..., :5], EDGE_T)
-    with pytest.raises(ValueError, match="radius"):
-        EdgeMetric(radius=-1)
-    with pytest.raises(ValueError, match="thresholds"):
-        EdgeMetric(thresholds=[0.5, 1.5])
-    with pytest.raises(RuntimeError, match="no valid ground-truth edge"):
-        m.compute()
-
-
 # --------------------------------------------------------------------------------------------- attributes
 def test_attributes_accuracy_hand_computed():
     # positive iff logit ≥ 0: predictions [[1, 0, 1], [0, 1, 0]] vs targets [[1, 1, 0], [0, 1, 0]]
@@ -408,7 +296,7 @@ def test_make_metric():
     assert isinstance(make_metric("semseg", num_classes=3), SegmentationMetric)
     assert isinstance(make_metric("depth"), DepthMetric)
     assert isinstance(make_metric("normals"), NormalsMetric)
-    assert isinstance(make_metric("edges", radius=1), EdgeMetric)
+    assert isinstance(make_metric("edges", max_dist=0.0075), EdgeMetric)
     assert isinstance(make_metric("attributes"), AttributeMetric)
     with pytest.raises(ValueError, match="unknown task 'sal'"):
         make_metric("sal")

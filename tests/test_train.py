@@ -207,6 +207,9 @@ def test_trivial_predictor_and_losses_shapes():
     assert set(metrics) == set(TASKS)
     # a constant label gives pixel accuracy = that class's frequency and mIoU = that / num_classes at most
     assert metrics["semseg"]["mIoU"] <= metrics["semseg"]["pixel_acc"] / 2
+    # a constant edge map is thinned to one short segment: its boundary F stays below the edge density
+    density = float(torch.cat([trainer.val_set[i]["edges"].flatten() for i in range(len(trainer.val_set))]).mean())
+    assert metrics["edges"]["F"] < 100 * density
 
 
 def test_train_on_nyuv2_npy_layout(tmp_path):

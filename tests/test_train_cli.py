@@ -46,9 +46,10 @@ def test_train_resume_from_cli(tmp_path, capsys):
 def test_demo_tiny(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out-dir", str(out), "--methods", "single_task", "shared", "--epochs", "1",
-                 "--tasks", "semseg", "depth", "--timing-steps", "1"] + TINY) == 0
+                 "--tasks", "semseg", "depth", "edges", "--timing-steps", "1"] + TINY) == 0
     report = (out / "report.md").read_text()
-    for row in ("| trivial |", "| single_task |", "| shared |", "Δm key", "reference / fused"):
+    for row in ("| trivial |", "| single_task |", "| shared |", "Δm key", "reference / fused",
+                "Edges F: the boundary F-measure", "within 0.011 × the image diagonal (0.56 px at 32×40)"):
         assert row in report
     width, height, _ = read_png_header(out / "predictions.png")
     assert height > 2 * 32 and width > 3 * 40

@@ -6,8 +6,9 @@ Each metric is a stateful object: ``update(pred, target[, mask])`` per batch, ``
 * ``SegmentationMetric`` (semseg): ``mIoU``, ``pixel_acc`` (%, confusion matrix over the split).
 * ``DepthMetric`` (depth): ``abs_err``, ``rel_err``, ``rmse`` (pixel-wise pooling over valid pixels of the split).
 * ``NormalsMetric`` (normals): ``mean``, ``median``, ``rmse`` (°), ``11.25``, ``22.5``, ``30`` (%).
-* ``EdgeMetric`` (edges): ``F``, ``precision``, ``recall`` (%), ``threshold``; ODS-like with a pixel tolerance —
-  not the MATLAB SEISM odsF.
+* ``EdgeMetric`` (edges): ``F`` (ODS), ``precision``, ``recall`` (%), ``threshold``, ``F_ois`` (%); the boundary
+  F-measure of the BSDS / SEISM benchmark (NMS, thinning, one-to-one matching within ``max_dist`` × the image
+  diagonal), computed in Python with SciPy.
 * ``AttributeMetric`` (attributes): ``accuracy`` (%), optional ``mAP`` (%).
 * ``delta_m`` / ``delta_m_report`` / ``relative_gains``: Δm against an explicit single-task baseline with an
   explicit ``spec`` ``{task: {metric: higher_is_better}}``, conventions ``"key"``, ``"per_task"``, ``"flat"``.

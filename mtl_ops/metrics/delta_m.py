@@ -26,7 +26,8 @@ a smaller value than the baseline gives a positive gain. The published forms dif
 ``per_task`` and ``flat`` differ whenever tasks have different numbers of metrics: with ``DEFAULT_SPEC`` on NYUv2
 (2 seg + 2 depth + 5 normals metrics) ``flat`` gives normals 5/9 of the weight, ``per_task`` gives it 1/3. Report
 the convention and the spec with every Δm (``delta_m_report`` returns both). The baseline must come from the same
-metric code as the results (units and conventions matter; e.g. this package's edge F is not SEISM odsF).
+metric code as the results (units and conventions matter; e.g. the edge F depends on the matching tolerance
+``max_dist``).
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ METRIC_DIRECTIONS: Dict[str, Dict[str, bool]] = {
     "semseg": {"mIoU": True, "pixel_acc": True},
     "depth": {"abs_err": False, "rel_err": False, "rmse": False},
     "normals": {"mean": False, "median": False, "rmse": False, "11.25": True, "22.5": True, "30": True},
-    "edges": {"F": True, "precision": True, "recall": True},
+    "edges": {"F": True, "precision": True, "recall": True, "F_ois": True},
     "attributes": {"accuracy": True, "mAP": True},
 }
 

@@ -10,12 +10,23 @@ import numpy as np
 import torch
 
 from ..metrics import METRIC_DIRECTIONS, default_spec, delta_m_report
+from ..metrics.edges import DEFAULT_MAX_DIST, tolerance_pixels
 from ..utils.png import write_png
 from .inference import image_to_rgb, prediction_images, target_images
 
 KEY_METRICS = {"semseg": "mIoU", "depth": "rmse", "normals": "mean", "edges": "F", "attributes": "accuracy"}
 SHOWN = {"semseg": ("mIoU", "pixel_acc"), "depth": ("abs_err", "rmse"), "normals": ("mean", "22.5"),
          "edges": ("F",), "attributes": ("accuracy",)}
+
+
+def edge_metric_note(size) -> str:
+    """What the edges F column is, with the matching tolerance in pixels at the report's image size."""
+    h, w = size
+    return (f"Edges F: the boundary F-measure of the BSDS / SEISM protocol at the best single threshold for the split "
+            f"(ODS): predicted edges thinned by non-maximum suppression and morphological thinning, then matched "
+            f"one-to-one with the ground-truth edge pixels within {DEFAULT_MAX_DIST} × the image diagonal "
+            f"({tolerance_pixels(DEFAULT_MAX_DIST, h, w):.2f} px at {h}×{w}). A constant map is thinned to one "
+            f"short segment, so the trivial predictor's edge F is near 0.")
 
 
 def beats_trivial(metrics: Dict, trivial: Dict) -> Dict[str, bool]:
@@ -58,6 +69,8 @@ def write_report(out_dir, results: Dict, trainers: Dict, val_set, num_classes: i
             "yes" if all(beats_trivial(entry["metrics"], trivial).values()) else
             "NO: " + ", ".join(t for t, ok in beats_trivial(entry["metrics"], trivial).items() if not ok))
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {verdict} |")
+    if "edges" in tasks:
+        lines += ["", edge_metric_note(results["config"]["size"] or (64, 84))]
     lines += ["", "## Δm, parameters and step time", "",
               "Δm (%) against the single-task baselines trained here, `per_task` convention (mean over tasks of "
               "the mean relative gain of the task's metrics): *key* uses one metric per task "

@@ -1,6 +1,9 @@
 """The trivial predictor every trained model must beat: constants fitted on the training set — the most
 frequent class (semseg), the mean valid depth, the normalised mean normal, the edge-pixel fraction (as a
-logit) and the per-class presence frequency (attributes)."""
+logit) and the per-class presence frequency (attributes).
+
+For edges this is a floor rather than a rival: the boundary F-measure thins a constant map to one short segment
+across the image, so its F stays far below the edge density (2.7 against 12% on the synthetic 64×84 scenes)."""
 from __future__ import annotations
 
 import math
