@@ -7,10 +7,13 @@ Run from the repository root on a fresh GPU machine (``benchmarks/gpu_check.sh``
   3. tests      pytest -m "cuda or triton" (parallel where pytest-xdist is installed) -> pytest.log, pytest.xml
   4. sanitizer  compute-sanitizer memcheck and racecheck over small CUDA runs of every op -> sanitizer-*.log
   5. bench      every op against the reference and torch.compile(reference), fp32 then bf16, and the
-                memory-bound ops at a size several times the L2 cache -> bench_ops.jsonl
-  6. networks   a training step of every method's network: fused, reference, compile(reference)
+                memory-bound ops at a size several times the L2 cache -> bench_ops.jsonl (--bench-plan)
+  6. profile    per op and backend: wall time against kernel time, and the costliest kernels -> profile.json
+  7. networks   a training step of every method's network: fused, reference, compile(reference)
                 -> bench_networks.jsonl
-  7. summary    a one-screen summary -> summary.txt (printed last)
+  8. summary    a one-screen summary -> summary.txt (printed last)
+
+A rerun of part of it: --stages build tests bench, --test-paths, --bench-plan, --network-methods.
 
 Every stage has a time cap and the whole run a deadline (``--deadline-s``): a stage gets what is left, and
 the benchmark rows are written as they are measured, so a run cut short keeps what it measured. With
@@ -34,11 +37,13 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("env", "build", "tests", "sanitizer", "bench", "networks", "summary")
+STAGES = ("env", "build", "tests", "sanitizer", "bench", "profile", "networks", "summary")
 # Seconds each stage may take at most on a GPU (the deadline may leave less): sized so that one run fits a
 # 10-minute window with the machine's start-up; the dry run's own caps are below.
-GPU_CAPS = {"env": 20, "build": 150, "tests": 140, "sanitizer": 60, "bench": 130, "networks": 70, "summary": 10}
-DRY_CAPS = {"env": 30, "build": 5, "tests": 120, "sanitizer": 120, "bench": 240, "networks": 240, "summary": 10}
+GPU_CAPS = {"env": 20, "build": 150, "tests": 140, "sanitizer": 60, "bench": 130, "profile": 40, "networks": 70,
+            "summary": 10}
+DRY_CAPS = {"env": 30, "build": 5, "tests": 120, "sanitizer": 120, "bench": 240, "profile": 5, "networks": 240,
+            "summary": 10}
 MEMORY_BOUND = ("gated_residual", "sfa_apply", "ms_attention_mix")
 
 
@@ -150,6 +155,20 @@ class Check:
         res = subprocess.run([self.python, "-c", probe], cwd=ROOT, env=self.env, capture_output=True, text=True)
         (self.out / "info.json").write_text(res.stdout if res.returncode == 0 else res.stderr)
 
+    def bench_plan(self) -> list[tuple[list, list]]:
+        """(op names, options) of each benchmark run, from --bench-plan items "dtype:size[:op,op,...]"
+        (default: every op in fp32, the memory-bound ops at the GPU size in fp32, every op in bf16)."""
+        if self.dry:  # two ops (one with a backward, one forward-only) exercise every code path
+            return [(self.args.bench_ops or ["gated_residual", "cka"], ["--device", "cpu", "--quick", "--dtype", "fp32"])]
+        plan = []
+        for item in self.args.bench_plan:
+            dtype, size, *names = item.split(":")
+            ops = names[0].split(",") if names else list(self.args.bench_ops)
+            if size == "gpu":
+                ops = [o for o in ops or MEMORY_BOUND if o in MEMORY_BOUND]
+            plan.append((ops, ["--device", "cuda", "--dtype", dtype] + (["--size", "gpu"] if size == "gpu" else [])))
+        return plan
+
     def start_compile_warmup(self):
         """Fills torch.compile's on-disk caches (FX graphs, Triton kernels) for the benchmark stages in a
         background process while the tests run: compiling the references and networks is CPU work that
@@ -157,14 +176,12 @@ class Check:
         cache. Only on a GPU; stopped when the benchmarks start."""
         if self.dry:
             return None
-        ops = self.args.bench_ops
-        mem = [o for o in ops or MEMORY_BOUND if o in MEMORY_BOUND]
         bench = f"{self.python} -m mtl_ops.cli bench"
-        once = "--device cuda --providers 'compile(reference)' --once"
-        script = "; ".join([f"{bench} {' '.join(ops)} {once} --dtype fp32",
-                            f"{bench} {' '.join(mem)} {once} --dtype fp32 --size gpu",
-                            f"{bench} --networks {once} --dtype fp32",
-                            f"{bench} {' '.join(ops)} {once} --dtype bf16"])
+        once = "--providers 'compile(reference)' --once"
+        runs = [f"{bench} {' '.join(ops)} {' '.join(options)} {once}" for ops, options in self.bench_plan()]
+        methods = " ".join(self.args.network_methods)
+        runs.insert(min(2, len(runs)), f"{bench} {methods} --networks --device cuda {once} --dtype fp32")
+        script = "; ".join(runs)
         log = open(self.out / "compile-warmup.log", "w")
         return subprocess.Popen(["bash", "-c", script], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -180,7 +197,7 @@ class Check:
     def stage_tests(self) -> None:
         self.warmup = self.start_compile_warmup()
         marker = "cuda" if self.dry else "cuda or triton"
-        cmd = [self.python, "-m", "pytest", "tests", "-m", marker, "-q", "-rfE", "-p", "no:cacheprovider",
+        cmd = [self.python, "-m", "pytest", *self.args.test_paths, "-m", marker, "-q", "-rfE", "-p", "no:cacheprovider",
                f"--junitxml={self.out / 'pytest.xml'}"]
         if not self.dry and _has_module("xdist"):  # Triton and Inductor compile on the CPU: use its cores
             cmd += ["-n", str(max(1, min(12, (os.cpu_count() or 2) - 2)))]
@@ -216,24 +233,17 @@ class Check:
             code, secs = self.run(cmd, f"sanitizer-{tool}.log", share, env=env)
             total += secs
             text = (self.out / f"sanitizer-{tool}.log").read_text(errors="replace")
-            summary = re.findall(r"ERROR SUMMARY: (\d+) error", text)
-            results[tool] = dict(exit_code=code, errors=int(summary[-1]) if summary else None)
+            # memcheck ends with "ERROR SUMMARY: n errors", racecheck with "RACECHECK SUMMARY: ... (n errors, ...)"
+            summary = re.findall(r"ERROR SUMMARY: (\d+) error|SUMMARY: .*\((\d+) errors?", text)
+            results[tool] = dict(exit_code=code, errors=int("".join(summary[-1])) if summary else None)
         ok = all(r["exit_code"] == 0 and r["errors"] == 0 for r in results.values())
         self.record("sanitizer", "ok" if ok else "failed", total, **results)
 
     def stage_bench(self) -> None:
         self.stop_compile_warmup()
         t0 = time.monotonic()
-        ops = self.args.bench_ops
-        if self.dry:  # two ops (one with a backward, one forward-only) exercise every code path
-            runs = [(ops or ["gated_residual", "cka"], ["--device", "cpu", "--quick", "--dtype", "fp32"])]
-        else:
-            runs = [(ops, ["--device", "cuda", "--dtype", "fp32"]),
-                    ([o for o in ops or MEMORY_BOUND if o in MEMORY_BOUND], ["--device", "cuda", "--dtype", "fp32",
-                                                                             "--size", "gpu"]),
-                    (ops, ["--device", "cuda", "--dtype", "bf16"])]
         codes = []
-        for names, options in runs:
+        for names, options in self.bench_plan():
             if self.budget("bench") - (time.monotonic() - t0) < 10:
                 codes.append("no time")
                 continue
@@ -246,12 +256,24 @@ class Check:
         ok = all(c == 0 for c in codes)
         self.record("bench", "ok" if ok else "partial", time.monotonic() - t0, runs=codes)
 
+    def stage_profile(self) -> None:
+        if self.dry:
+            self.record("profile", "skipped", 0.0, reason="dry run: the profile needs CUDA kernels")
+            return
+        cmd = [self.python, "benchmarks/gpu_profile.py", "--out", self.out / "profile.json"]
+        code, secs = self.run(cmd, "profile.log", self.budget("profile"))
+        self.record("profile", "ok" if code == 0 else ("timeout" if code is None else "failed"), secs, exit_code=code)
+
     def stage_networks(self) -> None:
         device = "cpu" if self.dry else "cuda"
         cmd = [self.python, "-m", "mtl_ops.cli", "bench"]
         if self.dry:  # one network, compiled too, at the smoke-test size: the CPU compiles slowly
             cmd += ["shared", "--quick"]
+        else:
+            cmd += self.args.network_methods
         cmd += ["--networks", "--device", device, "--dtype", "fp32", "--jsonl", self.out / "bench_networks.jsonl"]
+        if self.args.network_providers:
+            cmd += ["--providers"] + self.args.network_providers
         code, secs = self.run(cmd, "bench_networks.log", self.budget("networks"))
         self.record("networks", "ok" if code == 0 else ("timeout" if code is None else "failed"), secs,
                     exit_code=code)
@@ -371,6 +393,14 @@ def main(argv=None) -> int:
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     parser.add_argument("--commit", help="the commit being checked (default: $MTL_OPS_COMMIT or git)")
     parser.add_argument("--bench-ops", nargs="*", default=[], help="ops to benchmark (default: all)")
+    parser.add_argument("--bench-plan", nargs="+", default=["fp32:full", "fp32:gpu", "bf16:full"],
+                        metavar="DTYPE:SIZE[:OPS]", help="benchmark runs in order (default: fp32:full fp32:gpu "
+                                                          "bf16:full; OPS a comma-separated list)")
+    parser.add_argument("--network-methods", nargs="*", default=[], help="methods whose networks are timed "
+                                                                          "(default: all)")
+    parser.add_argument("--network-providers", nargs="*", default=[],
+                        help="network providers (reference, fused, compile(reference); default: all)")
+    parser.add_argument("--test-paths", nargs="+", default=["tests"], help="what pytest runs (default: tests)")
     parser.add_argument("--pytest-args", nargs=argparse.REMAINDER, default=[],
                         help="extra pytest arguments (last on the line), e.g. -k 'rpg or ctal'")
     args = parser.parse_args(argv)

@@ -137,6 +137,32 @@ def global_matmul_precision(precision: str | None = None, *, allow_tf32: bool | 
             torch.backends.cuda.preferred_blas_library(saved_blas)
 
 
+@contextlib.contextmanager
+def exact_fp32():
+    """fp32 convolutions and matmuls without TF32 for the block (cuDNN's TF32 is on by default): a reference
+    computed in fp32 on the GPU is then exact enough to compare a fused op with; restored afterwards."""
+    saved_cudnn = torch.backends.cudnn.allow_tf32
+    with global_matmul_precision("highest", allow_tf32=False):
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32 = saved_cudnn
+
+
+@contextlib.contextmanager
+def tf32_everywhere():
+    """TF32 switched on globally the way training scripts do (cuBLAS, cuDNN, matmul precision "high");
+    every setting restored afterwards."""
+    saved_cudnn = torch.backends.cudnn.allow_tf32
+    with global_matmul_precision("high", allow_tf32=True):
+        torch.backends.cudnn.allow_tf32 = True
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32 = saved_cudnn
+
+
 class LaunchLog:
     """Records every Triton kernel launch (name, grid) and whether it ran inside ``_launch.device_guard``,
     and on which device the guard was entered."""

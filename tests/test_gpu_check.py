@@ -19,7 +19,7 @@ def test_gpu_check_dry_run(tmp_path):
                           env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     stages = json.loads((out / "stages.json").read_text())
-    assert list(stages) == ["env", "build", "tests", "sanitizer", "bench", "networks", "summary"]
+    assert list(stages) == ["env", "build", "tests", "sanitizer", "bench", "profile", "networks", "summary"]
     assert all(s["status"] in ("ok", "skipped") for s in stages.values()), stages
     env = json.loads((out / "env.json").read_text())
     assert env["torch"] and env["dry_run"] is True

@@ -2,7 +2,7 @@
 odd sizes, dtypes), gradcheck, opcheck, compile, bad input."""
 import pytest
 import torch
-from harness import assert_close, backend_params
+from harness import assert_close, backend_params, tf32_everywhere
 from rpg_cases import PRIMITIVE_SETS, make_case
 
 import mtl_ops
@@ -409,17 +409,9 @@ def test_cuda_backward_is_deterministic(backend, stride):
 @pytest.mark.parametrize("backend", backend_params(OP, "cuda", ("cuda",)))
 def test_cuda_exact_fp32_with_tf32_enabled(backend):
     """The op's matrix products stay exact fp32 when a training script turns TF32 on globally."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-             torch.get_float32_matmul_precision())
-    try:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.set_float32_matmul_precision("high")
+    with tf32_everywhere():
         check_against_reference(backend, prims="all", T=2, B=2, C=32, H=24, W=20, C_sh=28, C_sp=4, groups=4,
                                 device="cuda")
-    finally:
-        torch.set_float32_matmul_precision(saved[2])
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
 
 
 @pytest.mark.cuda

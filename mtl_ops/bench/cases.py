@@ -179,13 +179,21 @@ CASES["sfa_apply"] = BenchCase(
 
 
 # ---- routed_primitive_gather (ETR-NLP): the default five primitives, sharing ratio 0.9, G = gcd(C_in, C_sh) ----
+# Primitive banks already made, per (C, device, dtype): the providers look them up instead of making them, so
+# that torch.compile sees no Generator (made here when the inputs are).
+_RPG_PRIMITIVES: dict = {}
+
+
 def _rpg_primitives(C: int, device, dtype):
     from ..nn.etr_nlp_primitives import DEFAULT_PRIMITIVES, make_frozen, parse_primitive
 
-    spec = [parse_primitive(p) for p in DEFAULT_PRIMITIVES]
-    gen = torch.Generator().manual_seed(0)
-    frozen = [make_frozen(kind, C, gen).to(device, dtype) for kind, _, _ in spec]
-    return [s[0] for s in spec], [v for s in spec for v in s[1:]], frozen
+    key = (C, torch.empty(0, device=device).device, dtype)  # canonical: "cuda" and "cuda:0" are one device
+    if key not in _RPG_PRIMITIVES:
+        spec = [parse_primitive(p) for p in DEFAULT_PRIMITIVES]
+        gen = torch.Generator().manual_seed(0)
+        frozen = [make_frozen(kind, C, gen).to(device, dtype) for kind, _, _ in spec]
+        _RPG_PRIMITIVES[key] = ([s[0] for s in spec], [v for s in spec for v in s[1:]], frozen)
+    return _RPG_PRIMITIVES[key]
 
 
 def _rpg_inputs(size: dict, device: torch.device, dtype: torch.dtype):
@@ -196,6 +204,8 @@ def _rpg_inputs(size: dict, device: torch.device, dtype: torch.dtype):
     x = torch.randn(T * B, C, H, W, generator=g)
     w_sh = torch.randn(c_sh, 5 * C // groups, 1, 1, generator=g) * (5 * C / groups) ** -0.5
     w_t = torch.randn(T, C - c_sh, C, 3, 3, generator=g) * (9 * C) ** -0.5
+    for dev, dt in ((device, dtype), (device, torch.float64), ("cpu", torch.float64)):
+        _rpg_primitives(C, dev, dt)  # the inputs' bank, and the float64 ones references are evaluated with
     return tuple(t.to(device, dtype) for t in (x, w_sh, torch.zeros(c_sh), w_t, torch.zeros(T, C - c_sh)))
 
 
