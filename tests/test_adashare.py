@@ -52,7 +52,7 @@ def assert_outputs_close(a: dict, b: dict, rtol=1e-5, atol=1e-5):
 def weighted_sum(outputs: dict, seed=3):
     """A scalar loss with random per-element weights, so every output element matters."""
     g = torch.Generator().manual_seed(seed)
-    return sum((y * torch.randn(y.shape, generator=g)).sum() for y in outputs.values())
+    return sum((y * torch.randn(y.shape, generator=g).to(y.device, y.dtype)).sum() for y in outputs.values())
 
 
 def grads(params):
