@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -99,10 +100,14 @@ def _jsonl_writer(path):
     return on_row
 
 
-def _train_config(args):
+def _given_options(args) -> dict:
+    """The TrainConfig fields the user gave: those named in the --config file, then the flags."""
     from .train import TrainConfig
 
-    data = TrainConfig.from_json(args.config).to_dict() if getattr(args, "config", None) else {}
+    data = {}
+    if getattr(args, "config", None):
+        from_file = TrainConfig.from_json(args.config).to_dict()  # validated, normalised
+        data = {k: from_file[k] for k in json.loads(Path(args.config).read_text())}
     for name in ("method", "tasks", "dataset", "data_root", "size", "n_train", "n_val", "backbone", "width", "epochs",
                  "batch_size", "lr", "weighting", "device", "seed", "num_workers", "num_threads", "out_dir", "cache_dir",
                  "max_steps_per_epoch", "scale_crop", "crop_scales"):
@@ -122,7 +127,15 @@ def _train_config(args):
         data["augment"] = False
     if getattr(args, "quiet", False):
         data["quiet"] = True
-    return TrainConfig.from_dict(data)
+    if getattr(args, "skip_nonfinite", False):
+        data["skip_nonfinite"] = True
+    return data
+
+
+def _train_config(args):
+    from .train import TrainConfig
+
+    return TrainConfig.from_dict(_given_options(args))
 
 
 def _fail(command: str, error: Exception) -> int:
@@ -134,15 +147,18 @@ def _cmd_train(args) -> int:
     from .train import Trainer
 
     try:
-        config = _train_config(args)
-        trainer = Trainer(config)
-        if args.resume:
-            trainer.resume(args.resume)
+        if args.resume:  # the run's configuration comes from the checkpoint; the flags may change only some fields
+            trainer = Trainer.from_checkpoint(args.resume, overwrite=args.overwrite, **_given_options(args))
+        else:
+            trainer = Trainer(_train_config(args), overwrite=args.overwrite)
         metrics = trainer.fit()  # schedules check their options before training (clear errors, no traceback)
     except (ValueError, FileNotFoundError) as e:
         return _fail("train", e)
+    except FloatingPointError as e:  # a non-finite loss or model: the run stopped, its last checkpoint is intact
+        print(f"mtl-ops train: stopped: {e}", file=sys.stderr)
+        return 1
     if trainer.dist.is_main:
-        print(json.dumps({"method": config.method, "learnable_parameters": trainer.learnable_parameters(),
+        print(json.dumps({"method": trainer.config.method, "learnable_parameters": trainer.learnable_parameters(),
                           "val": metrics}, indent=2))
     return 0
 
@@ -260,8 +276,20 @@ def _add_train_arguments(p) -> None:
     p.add_argument("--num-threads", type=int, help="torch CPU threads (default: 1 when the machine is busy)")
     p.add_argument("--max-steps-per-epoch", type=int)
     p.add_argument("--cache-dir")
-    p.add_argument("--out-dir", help="checkpoints (last.pt) and metrics.jsonl / metrics.csv")
+    p.add_argument("--out-dir", help="the run's folder: config.json, checkpoints (last.pt), metrics.jsonl / "
+                                     "metrics.csv; a new run needs it empty or new (see --overwrite)")
+    p.add_argument("--skip-nonfinite", action="store_true",
+                   help="skip training steps whose loss is NaN or infinite (counted in the log rows' skipped_steps, "
+                        "each printed) instead of stopping the run with a message naming the task and the step")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+
+
+def _resume_flags(parser) -> list:
+    """The flags of ``parser`` for the TrainConfig fields a resumed run may change."""
+    from .train.resume import RESUME_MAY_CHANGE
+
+    flags = ["--" + name.replace("_", "-") for name in RESUME_MAY_CHANGE]
+    return [f for f in flags if f in parser._option_string_actions]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -294,7 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bench)
     p = sub.add_parser("train", help="train one method (torchrun for several processes)")
     _add_train_arguments(p)
-    p.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint (last.pt)")
+    p.add_argument("--resume", metavar="CHECKPOINT",
+                   help="continue the run in CHECKPOINT (e.g. runs/x/last.pt) with the configuration stored in it, "
+                        "writing into its folder; other flags may change only " + ", ".join(_resume_flags(p)) +
+                        " (other flags that differ from the run are refused, listed)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="allow a new run into an --out-dir that already holds files: the run replaces config.json, "
+                        "metrics.jsonl/.csv and last.pt there (other files stay)")
     p.set_defaults(func=_cmd_train)
     p = sub.add_parser("eval", help="validation metrics of a checkpoint")
     p.add_argument("checkpoint")

@@ -71,8 +71,8 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     full.fit()
     first = Trainer(tiny_config(epochs=1, out_dir=str(tmp_path / "resumed"), augment=True))
     first.fit()
-    resumed = Trainer(tiny_config(epochs=2, out_dir=str(tmp_path / "resumed"), augment=True))
-    resumed.resume(tmp_path / "resumed" / "last.pt")
+    resumed = Trainer(tiny_config(epochs=2, out_dir=str(tmp_path / "resumed"), augment=True),
+                      resume=tmp_path / "resumed" / "last.pt")
     assert resumed.epoch == 1
     resumed.fit()
     a, b = full.wrapper.state_dict(), resumed.wrapper.state_dict()
@@ -194,8 +194,8 @@ def test_checkpoint_atomic_and_clear_errors(tmp_path):
 
 def test_resume_refuses_other_method(tmp_path):
     Trainer(tiny_config(out_dir=str(tmp_path), tasks=("semseg",))).fit()
-    with pytest.raises(ValueError, match="for method 'shared', not 'single_task'"):
-        Trainer(tiny_config(method="single_task", tasks=("semseg",))).resume(tmp_path / "last.pt")
+    with pytest.raises(ValueError, match="method = 'single_task' \\(the run's: 'shared'\\)"):
+        Trainer(tiny_config(method="single_task", tasks=("semseg",)), resume=tmp_path / "last.pt")
 
 
 def test_trivial_predictor_and_losses_shapes():

@@ -2,13 +2,18 @@
 Medusa's UFL protocol, the demo and its report."""
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .loop import Trainer, build_datasets
+from .epoch import NonFiniteLossError
+from .loading import build_datasets
+from .loop import Trainer
 from .methods import (MethodSpec, available_methods, build_model, count_learnable_parameters, get_method,
                       register_method)
+from .resume import RESUME_MAY_CHANGE, resume_config
+from .seeding import derive_seed
 from .tasks import KNOWN_TASKS, task_channels, task_loss, task_losses
 from .weighting import FixedWeighting, UncertaintyWeighting, make_weighting
 
 __all__ = ["TrainConfig", "Trainer", "build_datasets", "register_method", "get_method", "available_methods",
            "build_model", "count_learnable_parameters", "MethodSpec", "task_channels", "task_loss",
            "task_losses", "KNOWN_TASKS", "FixedWeighting", "UncertaintyWeighting", "make_weighting",
-           "save_checkpoint", "load_checkpoint"]
+           "save_checkpoint", "load_checkpoint", "NonFiniteLossError", "derive_seed", "resume_config",
+           "RESUME_MAY_CHANGE"]

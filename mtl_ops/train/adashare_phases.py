@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from ..models.adashare_net import set_adashare_phase
+from .seeding import derive_seed
 
 OPTIONS = ("warmup_epochs", "search_cycles", "retrain_epochs", "policy_lr", "sparsity_weight", "sharing_weight",
            "sampling", "sample_seed")
@@ -55,7 +56,7 @@ def adashare_schedule(trainer) -> None:
 
     # 2. policy learning on two halves of the training data
     n = len(trainer.train_set)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 17)).tolist()
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "adashare_split"))).tolist()
     half1, half2 = order[: n // 2], order[n // 2:]
     policy_opt = torch.optim.Adam(net.policy.parameters(), lr=policy_lr, weight_decay=5e-4)
     for cycle in range(cycles):
@@ -88,6 +89,5 @@ def adashare_schedule(trainer) -> None:
                           "table": table, "probabilities": net.policy.probabilities().detach().cpu()}}
     trainer.save("adashare.pt", extra)
     trainer.save("last.pt", extra)
-    if trainer.out_dir is not None:
-        (trainer.out_dir / "policy.txt").write_text(table + "\n")
+    trainer.run_dir.write_text("policy.txt", table + "\n")
     trainer.adashare_policy_table = table

@@ -52,6 +52,7 @@ class TrainConfig:
     num_threads: Optional[int] = None        # torch intra-op threads; None: auto (see choose_num_threads)
     max_steps_per_epoch: Optional[int] = None
     eval_every: int = 1                      # epochs between evaluations (the last epoch always evaluates)
+    skip_nonfinite: bool = False             # skip steps whose loss is NaN/inf (counted, logged) instead of stopping
     out_dir: Optional[str] = None            # checkpoints and logs; None: nothing written
     quiet: bool = False
 
@@ -102,6 +103,9 @@ class TrainConfig:
             raise ValueError(f"config.schedule_options: expected a dict, got {self.schedule_options!r}")
         if not isinstance(self.method_options, dict):
             raise ValueError(f"config.method_options: expected a dict, got {self.method_options!r}")
+        for name in ("augment", "amp", "quiet", "skip_nonfinite"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"config.{name}: expected true or false, got {getattr(self, name)!r}")
         if self.scale_crop is not None and not isinstance(self.scale_crop, bool):
             raise ValueError(f"config.scale_crop: expected true, false or null (auto), got {self.scale_crop!r}")
         if self.scale_crop and self.dataset == "synthetic":

@@ -103,7 +103,7 @@ def run_demo(out_dir, *, methods: Optional[Sequence[str]] = None, base: Optional
         schedule = {**DEMO_SCHEDULES.get(method, {}), **(base.schedule_options if base.method == method else {})}
         cfg = replace(base, method=method, schedule_options=schedule, out_dir=str(out_dir / method),
                       quiet=quiet, method_options={})
-        trainer = Trainer(cfg)
+        trainer = Trainer(cfg, overwrite=True)  # the demo's folder is its own: a new demo replaces the last
         if first is None:
             first = trainer
             trivial = TrivialPredictor(trainer.channels).fit(trainer.train_set)

@@ -1,55 +1,48 @@
-"""The trainer: data, model, optimiser, epochs, evaluation, checkpoints and logs for one method.
+"""The trainer: one method trained on one dataset, put together from parts that each do one job —
+:class:`~mtl_ops.train.runtime.Runtime` (device, torchrun's process group, AMP), :mod:`~mtl_ops.train.loading`
+(datasets, seeded loaders), :func:`~mtl_ops.train.epoch.run_epoch` (an epoch's optimisation steps, non-finite
+losses), :func:`~mtl_ops.train.evaluation.validation_metrics`, :class:`~mtl_ops.train.run_dir.RunDirectory`
+(config.json, logs, checkpoints) and :mod:`~mtl_ops.train.resume` (what a resumed run may change). Every seed
+comes from :func:`~mtl_ops.train.seeding.derive_seed`: a run resumed from the checkpoint of epoch ``e`` repeats
+epochs ``e+1…`` exactly as the uninterrupted run does.
 
-Determinism: epoch ``e`` shuffles with a generator seeded ``(seed, e)``, flips with another, and reseeds
-torch's global RNG (dropout, Gumbel noise drawn from it) with ``seed·1000 + e`` at its start, so a run resumed
-from the checkpoint of epoch ``e`` repeats epochs ``e+1…`` exactly as the uninterrupted run does.
+The trainer works on its own copy of the config (``trainer.config``), completed with what it derives (the image
+size a CTAL network is tied to) and saved in every checkpoint; the caller's config is never changed.
 """
 from __future__ import annotations
 
 import contextlib
-import time
+import sys
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Union
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset
 
-from ..data import Cityscapes, NYUv2, SyntheticScenes
-from ..data.augment import hflip
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig, choose_num_threads
-from .distributed import DistInfo, barrier, init_distributed
-from .log import MetricsLog
-from .methods import build_model, count_learnable_parameters, get_method
+from .checkpoint import load_checkpoint
+from .config import TrainConfig
+from .epoch import NonFiniteLossError, flip_batches, run_epoch, seed_epoch
+from .evaluation import validation_metrics
+from .loading import build_datasets, make_loader
+from .methods import MethodSpec, build_model, count_learnable_parameters, get_method
 from .normalize import TargetNormalized, depth_statistics
 from .progress import Progress
+from .resume import check_resumable, resume_config
+from .run_dir import RunDirectory
+from .runtime import Runtime
 from .scale_crop import training_view
-from .tasks import make_task_metrics, task_channels, task_losses, update_metric
+from .seeding import derive_seed
+from .tasks import task_channels, task_losses
 from .weighting import make_weighting
 
 
-def build_datasets(config: TrainConfig):
-    """(train, val, num_classes) for ``config.dataset``."""
-    if config.dataset == "synthetic":
-        kw = dict(size=config.size or SYNTHETIC_SIZE, seed=config.data_seed, tasks=config.tasks, cache_dir=config.cache_dir)
-        train = SyntheticScenes("train", n=config.n_train, **kw)
-        val = SyntheticScenes("val", n=config.n_val, **kw)
-        return train, val, SyntheticScenes.num_classes
-    cls = {"nyuv2": NYUv2, "cityscapes": Cityscapes}[config.dataset]
-    train = cls(config.data_root, "train", tasks=config.tasks, size=config.size)
-    val = cls(config.data_root, "val", tasks=config.tasks, size=config.size)
-    return train, val, train.num_classes
-
-
-SYNTHETIC_SIZE = (64, 84)
-
-
-def default_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("config.device: 'cuda' requested but no CUDA device is available")
-    return torch.device(name)
+def run_config(config: TrainConfig, method: MethodSpec, train_set: Dataset) -> TrainConfig:
+    """A copy of ``config`` completed with what rebuilding the network from a checkpoint needs: the image size,
+    for a method whose network is tied to it."""
+    data = config.to_dict()  # a deep copy
+    if method.needs_image_size and "image_size" not in data["method_options"]:
+        data["method_options"]["image_size"] = list(train_set[0]["image"].shape[-2:])
+    return TrainConfig.from_dict(data)
 
 
 class Trainer:
@@ -57,53 +50,84 @@ class Trainer:
 
     ``fit()`` runs the method's schedule (the registered one, else plain epochs) and returns the final
     validation metrics ``{task: {metric: value}}``. Building blocks for schedules: :meth:`train_epoch`,
-    :meth:`evaluate`, :meth:`make_optimizer`, :meth:`save`, :meth:`log`, :meth:`restrict_tasks`.
-    Training steps read :attr:`train_view` (the training set with the scale crop when it is on, see
-    mtl_ops/train/scale_crop.py); :attr:`train_set` stays unaugmented for measurements.
+    :meth:`train_phase`, :meth:`evaluate`, :meth:`make_optimizer`, :meth:`save`, :meth:`log`,
+    :meth:`restrict_tasks`, :attr:`run_dir`. Training steps read :attr:`train_view` (the training set with the
+    scale crop when it is on, see mtl_ops/train/scale_crop.py); :attr:`train_set` stays unaugmented for
+    measurements.
+
+    ``resume``: a checkpoint of this run to continue from (``config`` may differ from the run's only in the
+    fields of :data:`~mtl_ops.train.resume.RESUME_MAY_CHANGE`; :meth:`from_checkpoint` takes the config from the
+    checkpoint). ``overwrite``: allow a new run into an ``out_dir`` that already holds files.
     """
 
     def __init__(self, config: TrainConfig, train_set: Optional[Dataset] = None,
-                 val_set: Optional[Dataset] = None, num_classes: Optional[int] = None):
+                 val_set: Optional[Dataset] = None, num_classes: Optional[int] = None, *,
+                 resume: Optional[Union[str, Path]] = None, overwrite: bool = False):
         if not isinstance(config, TrainConfig):
             raise ValueError(f"Trainer: config must be a TrainConfig, got {type(config).__name__}")
-        self.config = config
-        self.device = default_device(config.device)
-        if self.device.type == "cpu":
-            torch.set_num_threads(choose_num_threads(config.num_threads))
-        self.dist: DistInfo = init_distributed(self.device.type)
-        if self.dist.enabled and self.device.type == "cuda":
-            self.device = torch.device("cuda", self.dist.local_rank)
+        self.method = get_method(config.method)
+        self.runtime = Runtime.create(config)
+        self.run_dir = RunDirectory(config.out_dir, lambda: self.config.to_dict(), enabled=self.runtime.is_main,
+                                    overwrite=overwrite, resume_from=resume)
+        saved = load_checkpoint(resume) if resume is not None else None
         if train_set is None:
             train_set, val_set, num_classes = build_datasets(config)
         if num_classes is None:
             num_classes = getattr(train_set, "num_classes", None)
             if num_classes is None:
                 raise ValueError("Trainer: num_classes is needed when the dataset has no num_classes attribute")
+        self.config = run_config(config, self.method, train_set)
+        if saved is not None:
+            check_resumable(saved["config"], self.config, resume)
+            if self.schedule is not None:
+                raise ValueError(f"resume: method {self.config.method!r} has a multi-phase schedule; resuming is "
+                                 "supported for epoch-based methods only (load the weights with `mtl-ops eval`)")
         self.train_set, self.val_set, self.num_classes = train_set, val_set, int(num_classes)
-        self.train_view = training_view(train_set, config)  # what training steps read (scale crop)
-        self.tasks = list(config.tasks)
+        self.train_view = training_view(train_set, self.config)  # what training steps read (scale crop)
+        self.tasks = list(self.config.tasks)
         self.channels = task_channels(self.tasks, self.num_classes)
-        self.method = get_method(config.method)
-        torch.manual_seed(config.seed)
-        if self.method.needs_image_size and "image_size" not in config.method_options:
-            # kept in the config (and so in checkpoints): the network is tied to this size
-            config.method_options["image_size"] = list(train_set[0]["image"].shape[-2:])
-        options = {"width": config.width, **config.method_options}
-        core = build_model(config.method, self.channels, config.backbone, **options)
+        torch.manual_seed(derive_seed(self.config.seed, "init"))
+        options = {"width": self.config.width, **self.config.method_options}
+        core = build_model(self.config.method, self.channels, self.config.backbone, **options)
         mean, std = depth_statistics(train_set) if "depth" in self.tasks else (0.0, 1.0)
         self.model = TargetNormalized(core, mean, std).to(self.device)
-        self.weighting = make_weighting(config.weighting, self.tasks, config.loss_weights).to(self.device)
+        self.weighting = make_weighting(self.config.weighting, self.tasks, self.config.loss_weights).to(self.device)
         self.optimizer = self.make_optimizer()
         self.epoch = 0                                   # completed epochs
-        self.step = 0
-        self.history = []
-        self.out_dir = Path(config.out_dir) if config.out_dir else None
-        self.logger = MetricsLog(self.out_dir) if self.out_dir and self.dist.is_main else None
-        self.amp_dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp and self.device.type == "cuda")
-        self.step_times = []
+        self.step = 0                                    # training steps taken or skipped
+        self.history = []                                # the log rows
+        self.skipped_steps = []                          # {"step", "epoch", "terms"} per skipped non-finite step
+        self._last_checkpoint = None                     # (path, epoch) of the last checkpoint this run wrote
+        if saved is not None:
+            self._restore(saved, Path(resume))
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Union[str, Path], train_set: Optional[Dataset] = None,
+                        val_set: Optional[Dataset] = None, num_classes: Optional[int] = None, *,
+                        overwrite: bool = False, **changes) -> "Trainer":
+        """Continue the run in ``checkpoint`` with its own configuration; ``changes`` (TrainConfig fields, e.g.
+        ``epochs=8``) may set only what a resumed run may change (see :mod:`mtl_ops.train.resume`)."""
+        return cls(resume_config(checkpoint, changes), train_set, val_set, num_classes, resume=checkpoint,
+                   overwrite=overwrite)
 
     # ------------------------------------------------------------------ building blocks
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
+
+    @property
+    def dist(self):
+        return self.runtime.dist
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler:
+        return self.runtime.scaler
+
+    @property
+    def out_dir(self) -> Optional[Path]:
+        """The configured output folder (it exists once the run has written something)."""
+        return Path(self.config.out_dir) if self.config.out_dir else None
+
     @property
     def wrapper(self) -> TargetNormalized:
         """The model without a DDP wrapper (method network + depth de-normalisation)."""
@@ -124,31 +148,16 @@ class Trainer:
         return torch.optim.AdamW(params, lr=lr or self.config.lr, weight_decay=self.config.weight_decay)
 
     def wrap_ddp(self) -> None:
-        if self.dist.enabled and not isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.model = self.runtime.wrap(self.model)
 
     def loader(self, dataset: Dataset, epoch: int = 0, shuffle: bool = True, indices=None) -> DataLoader:
-        if indices is not None:
-            dataset = Subset(dataset, list(indices))
-        cfg = self.config
-        if shuffle and self.dist.enabled:
-            sampler = DistributedSampler(dataset, self.dist.world_size, self.dist.rank, shuffle=True,
-                                         seed=cfg.seed, drop_last=True)
-            sampler.set_epoch(epoch)
-            return DataLoader(dataset, cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, drop_last=True)
-        generator = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-        drop_last = shuffle and len(dataset) >= cfg.batch_size
-        return DataLoader(dataset, cfg.batch_size, shuffle=shuffle, generator=generator if shuffle else None,
-                          num_workers=cfg.num_workers, drop_last=drop_last)
+        return make_loader(dataset, self.config, self.dist, epoch=epoch, shuffle=shuffle, indices=indices)
 
     def autocast(self):
-        if not self.config.amp:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return self.runtime.autocast()
 
     def to_device(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        return self.runtime.to_device(batch)
 
     def compute_loss(self, batch, forward: Optional[Callable] = None):
         """(total loss, {task: loss}) of one batch, with deep supervision when the method has it."""
@@ -167,69 +176,70 @@ class Trainer:
     def train_epoch(self, epoch: int, *, dataset: Optional[Dataset] = None, indices=None,
                     optimizer: Optional[torch.optim.Optimizer] = None, forward: Optional[Callable] = None,
                     extra_loss: Optional[Callable[[], torch.Tensor]] = None, desc: str = "train") -> Dict[str, float]:
-        """One pass over the training data (or ``indices`` of it); returns mean losses per task and total."""
+        """One pass over the training data (or ``indices`` of it); returns mean losses per task and total.
+        A non-finite loss raises :class:`~mtl_ops.train.epoch.NonFiniteLossError` (see
+        :mod:`mtl_ops.train.epoch`), or skips the step with ``config.skip_nonfinite``."""
         cfg = self.config
-        optimizer = optimizer or self.optimizer
-        torch.manual_seed(cfg.seed * 1000 + epoch)
-        flip_gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch + 1)
+        flips = seed_epoch(cfg.seed, epoch)
         loader = self.loader(dataset or self.train_view, epoch, True, indices)
         steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
         if steps == 0:
             raise ValueError(f"training set too small: {len(loader.dataset)} samples for batch_size {cfg.batch_size}")
+        batches = flip_batches(loader, flips) if cfg.augment else loader
         self.model.train()
-        sums: Dict[str, float] = {}
         bar = Progress(steps, f"{desc} {epoch}", enabled=False if cfg.quiet or not self.dist.is_main else None)
-        for i, batch in enumerate(loader):
-            if i >= steps:
-                break
-            start = time.perf_counter()
-            if cfg.augment:
-                batch = hflip(batch, flip=torch.rand(batch["image"].shape[0], generator=flip_gen) < 0.5)
-            batch = self.to_device(batch)
-            total, losses = self.compute_loss(batch, forward)
-            if extra_loss is not None:
-                total = total + extra_loss()
-            if not torch.isfinite(total):
-                raise FloatingPointError(f"non-finite loss at epoch {epoch} step {i}: "
-                                         f"{ {k: float(v) for k, v in losses.items()} }")
-            optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
-            self.scaler.step(optimizer)
-            self.scaler.update()
-            self.step += 1
-            self.step_times.append(time.perf_counter() - start)
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            sums["total"] = sums.get("total", 0.0) + float(total.detach())
-            bar.update(loss=float(total.detach()))
-        bar.close()
-        return {k: v / steps for k, v in sums.items()}
+        try:
+            result = run_epoch((self.to_device(b) for b in batches), steps,
+                               loss_fn=lambda batch: self.compute_loss(batch, forward),
+                               optimizer=optimizer or self.optimizer, runtime=self.runtime, model=self.model,
+                               epoch=epoch, first_step=self.step, skip_nonfinite=cfg.skip_nonfinite,
+                               extra_loss=extra_loss, on_step=lambda loss: bar.update(loss=loss),
+                               on_skip=lambda step, terms: self._skipped(step, epoch, terms))
+        except NonFiniteLossError as e:
+            raise NonFiniteLossError(f"[{cfg.method}] {e} {self._checkpoint_note()}", step=e.step, epoch=e.epoch,
+                                     terms=e.terms) from None
+        finally:
+            bar.close()
+        self.step += result.steps
+        self._epoch_skipped = len(result.skipped)
+        return result.losses
 
-    @torch.no_grad()
+    def _skipped(self, step: int, epoch: int, terms) -> None:
+        self.skipped_steps.append({"step": step, "epoch": epoch + 1, "terms": list(terms)})
+        if not self.config.quiet and self.dist.is_main:
+            print(f"[{self.config.method}] skipped step {step} (epoch {epoch + 1}): non-finite loss: "
+                  f"{', '.join(terms)}", file=sys.stderr, flush=True)
+
+    def _checkpoint_note(self) -> str:
+        if self._last_checkpoint is not None:
+            path, epoch = self._last_checkpoint
+            return f"The last checkpoint, {path} (after epoch {epoch}), is left as it was."
+        return "No checkpoint of this run was written." if self.run_dir.enabled else ""
+
     def evaluate(self, dataset: Optional[Dataset] = None, forward: Optional[Callable] = None) -> Dict[str, Dict]:
         """Validation metrics ``{task: {metric: value}}`` over the whole split (``make_metric`` per task)."""
         dataset = dataset or self.val_set
         if dataset is None:
             raise ValueError("evaluate: no validation set")
-        forward = forward or self.wrapper
         self.wrapper.eval()
-        metrics = make_task_metrics(self.tasks, self.num_classes)
-        for batch in self.loader(dataset, shuffle=False):
-            batch = self.to_device(batch)
-            with self.autocast():
-                preds = forward(batch["image"])
-            for t in self.tasks:
-                update_metric(t, metrics[t], preds[t], batch)
-        return {t: m.compute() for t, m in metrics.items()}
+        return validation_metrics(forward or self.wrapper, self.loader(dataset, shuffle=False), self.tasks,
+                                  self.num_classes, self.runtime)
 
     def log(self, row: Dict) -> None:
         self.history.append(row)
-        if self.logger is not None:
-            self.logger.append(row)
+        self.run_dir.log(row)
         if not self.config.quiet and self.dist.is_main and "train_loss" in row:  # a report row prints itself
             losses = row["train_loss"]
             text = " ".join(f"{k}={v:.4f}" for k, v in losses.items())
-            print(f"[{self.config.method}] {row.get('phase', 'train')} epoch {row.get('epoch')}: {text}", flush=True)
+            skipped = f" ({row['skipped_steps']} non-finite step(s) skipped)" if row.get("skipped_steps") else ""
+            print(f"[{self.config.method}] {row.get('phase', 'train')} epoch {row.get('epoch')}: {text}{skipped}",
+                  flush=True)
+
+    def _epoch_row(self, phase: str, losses: Dict[str, float]) -> Dict:
+        row = {"phase": phase, "epoch": self.epoch, "step": self.step, "train_loss": losses}
+        if self.config.skip_nonfinite:
+            row["skipped_steps"] = self._epoch_skipped
+        return row
 
     # ------------------------------------------------------------------ checkpoints
     def state(self, extra: Optional[Dict] = None) -> Dict:
@@ -239,26 +249,28 @@ class Trainer:
                 "channels": self.channels, "num_classes": self.num_classes, "extra": extra or {}}
 
     def save(self, name: str = "last.pt", extra: Optional[Dict] = None) -> Optional[Path]:
-        if self.out_dir is None or not self.dist.is_main:
+        """Write checkpoint ``name`` into the run folder (main process only). Refuses a model with non-finite
+        values, so that a good checkpoint is never replaced by a broken one."""
+        if not self.run_dir.enabled:
             return None
-        return save_checkpoint(self.out_dir / name, self.state(extra))
+        state = self.state(extra)
+        broken = [k for k, v in state["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if broken:
+            raise FloatingPointError(f"[{self.config.method}] non-finite values in the model after step {self.step} "
+                                     f"({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}): {name} was "
+                                     f"not written. {self._checkpoint_note()}")
+        path = self.run_dir.save(name, state)
+        self._last_checkpoint = (path, self.epoch)
+        return path
 
-    def resume(self, path) -> Dict:
-        state = load_checkpoint(path, map_location=self.device)
-        if state["config"]["method"] != self.config.method:
-            raise ValueError(f"resume: checkpoint {path} is for method {state['config']['method']!r}, "
-                             f"not {self.config.method!r}")
-        if self.schedule is not None:
-            raise ValueError(f"resume: method {self.config.method!r} has a multi-phase schedule; resuming is "
-                             "supported for epoch-based methods only (load the weights with `mtl-ops eval`)")
+    def _restore(self, state: Dict, path: Path) -> None:
         self.wrapper.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.weighting.load_state_dict(state["weighting"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = state["epoch"], state["step"]
-        if self.logger is not None:
-            self.logger.truncate_after(self.epoch)
-        return state
+        self.run_dir.resumed(self.epoch)
+        self._last_checkpoint = (path, self.epoch)
 
     # ------------------------------------------------------------------ training
     @property
@@ -284,32 +296,39 @@ class Trainer:
             self.tasks = saved
 
     def fit(self) -> Dict[str, Dict]:
-        """Train with the method's schedule (or plain epochs) and return the final validation metrics."""
-        if self.schedule is not None:
-            if self.dist.enabled:
-                raise ValueError(f"method {self.config.method!r}: its multi-phase schedule runs in one process; "
-                                 "run it without torchrun")
-            self.schedule(self)
-        else:
-            self.wrap_ddp()
-            self.train_epochs(self.config.epochs)
-        result = self.evaluate() if self.dist.is_main else {}
-        barrier(self.dist)
+        """Train with the method's schedule (or plain epochs) and return the final validation metrics. A run
+        that fails before writing anything leaves no output folder behind."""
+        try:
+            if self.schedule is not None:
+                if self.dist.enabled:
+                    raise ValueError(f"method {self.config.method!r}: its multi-phase schedule runs in one process; "
+                                     "run it without torchrun")
+                self.schedule(self)
+            else:
+                self.wrap_ddp()
+                self.train_epochs(self.config.epochs)
+            result = self.evaluate() if self.dist.is_main else {}
+        except BaseException:
+            self.run_dir.discard_if_empty()
+            raise
+        self.runtime.barrier()
         return result
 
     def train_epochs(self, epochs: int, phase: str = "train") -> None:
+        """Plain epochs up to ``epochs`` completed ones: evaluation every ``eval_every`` epochs and after the last,
+        a log row and ``last.pt`` after each."""
         cfg = self.config
         while self.epoch < epochs:
             losses = self.train_epoch(self.epoch, desc=phase)
             self.epoch += 1
-            row = {"phase": phase, "epoch": self.epoch, "step": self.step, "train_loss": losses}
+            row = self._epoch_row(phase, losses)
             if self.val_set is not None and self.dist.is_main and \
                     (self.epoch % cfg.eval_every == 0 or self.epoch == epochs):
                 row["val"] = self.evaluate()
             if self.dist.is_main:
                 self.log(row)
                 self.save("last.pt")
-            barrier(self.dist)
+            self.runtime.barrier()
 
     def train_phase(self, phase: str, epochs: int, *, evaluate: bool = True, forward: Optional[Callable] = None,
                     **kwargs) -> Dict:
@@ -319,7 +338,7 @@ class Trainer:
         for i in range(epochs):
             losses = self.train_epoch(self.epoch, desc=phase, forward=forward, **kwargs)
             self.epoch += 1
-            row = {"phase": phase, "epoch": self.epoch, "step": self.step, "train_loss": losses}
+            row = self._epoch_row(phase, losses)
             if evaluate and i == epochs - 1 and self.val_set is not None:
                 row["val"] = self.evaluate(forward=forward)
             self.log(row)

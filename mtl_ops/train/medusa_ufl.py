@@ -29,6 +29,7 @@ from typing import Dict, Tuple
 import torch
 
 from ..models import Medusa
+from .seeding import derive_seed
 from .ufl_report import BASELINES, build_report, format_report, given_metrics
 
 OPTIONS = ("held_out", "mtl_epochs", "head_epochs", "baselines", "baseline_epochs", "joint_metrics",
@@ -90,7 +91,7 @@ def train_new_head(trainer, held_out: str, epochs: int) -> Tuple[Dict, list]:
     """Step 2: attach a fresh head for ``held_out``, freeze everything else and train only that head.
     Returns the phase's last log row and the trained parameters."""
     medusa = medusa_network(trainer.net)
-    torch.manual_seed(trainer.config.seed)  # the new head's initialisation
+    torch.manual_seed(derive_seed(trainer.config.seed, "new_head"))  # the new head's initialisation
     medusa.add_task(held_out, trainer.channels[held_out]).to(trainer.device)
     trainable = medusa.freeze_except(held_out)
     trainer.model.zero_grad(set_to_none=True)  # no stale step-1 gradients left on the frozen parts
@@ -116,7 +117,8 @@ def train_baseline(trainer, kind: str, held_out: str, epochs: int) -> Dict:
                      loss_weights={t: w for t, w in cfg.loss_weights.items() if t in tasks})
     if not cfg.quiet:
         print(f"[medusa-ufl] baseline {kind}: Medusa on {list(tasks)}, {epochs} epoch(s)", flush=True)
-    run = type(trainer)(config, trainer.train_set, trainer.val_set, trainer.num_classes)
+    run = type(trainer)(config, trainer.train_set, trainer.val_set, trainer.num_classes,
+                        overwrite=trainer.run_dir.overwrite)
     return {"source": "trained", "metrics": run.fit()[held_out], "run_dir": out_dir}
 
 
@@ -155,6 +157,5 @@ def ufl_schedule(trainer) -> None:
                  "ufl": {kind: entry["metrics"] for kind, entry in results.items()}, "gain_vs": report["gain_vs"]})
     if not cfg.quiet:
         print(format_report(report), flush=True)
-    if trainer.out_dir is not None:
-        (trainer.out_dir / "ufl_report.json").write_text(json.dumps(report, indent=2))
+    trainer.run_dir.write_text("ufl_report.json", json.dumps(report, indent=2))
     trainer.save("last.pt", {"ufl": report})

@@ -71,10 +71,10 @@ def pdf_schedule(trainer) -> None:
         step = {"stage": stage, "similarity": similarity.tolist(), "tasks": tasks, "threshold": threshold,
                 "groups": [list(g) for g in groups], "fused": tuple(groups) != tuple(current)}
         trainer.pdf_steps.append(step)
-        if trainer.out_dir is not None:
-            write_png(trainer.out_dir / f"pdf_similarity_stage{stage}.png",
+        if trainer.run_dir.enabled:
+            write_png(trainer.run_dir.file(f"pdf_similarity_stage{stage}.png"),
                       heatmap(np.clip(similarity.numpy(), 0, 1), cell=24))
-            (trainer.out_dir / "pdf_schedule.json").write_text(json.dumps(trainer.pdf_steps, indent=2))
+            trainer.run_dir.write_text("pdf_schedule.json", json.dumps(trainer.pdf_steps, indent=2))
         if not cfg.quiet:
             print(f"[pdf] stage {stage}: groups {[list(g) for g in groups]}", flush=True)
         if not step["fused"]:

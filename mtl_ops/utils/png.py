@@ -1,14 +1,14 @@
 """A minimal PNG writer (stdlib ``zlib`` + ``struct``; no Pillow): 8-bit greyscale or RGB images."""
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Tuple, Union
 
 import numpy as np
+
+from .files import atomic_write
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -41,16 +41,7 @@ def write_png(path: Union[str, Path], image: np.ndarray) -> Path:
     """Write ``image`` (uint8 (H, W) or (H, W, 3)) to ``path`` atomically; returns the path."""
     path = Path(path)
     data = encode_png(image)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: f.write(data))
     return path
 
 
