@@ -1,13 +1,21 @@
 """DistributedDataParallel on 2 gloo processes (localhost) computes the gradients of one process on the
 whole batch; the trainer's epoch loop runs under it with a DistributedSampler."""
+import datetime
+import json
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
 
-from mtl_ops.train import Trainer
-from train_helpers import one_thread, tiny_config
+from mtl_ops.train import NonFiniteLossError, Trainer
+from test_train_cli import TINY
+from train_helpers import one_thread, register_nan_method, tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TASKS = ("semseg", "edges", "attributes")  # per-element means over equal-sized shards: no masked pixels
 
@@ -52,3 +60,54 @@ def test_ddp_two_gloo_processes_match_single_process_gradients(tmp_path):
         for r in results:
             torch.testing.assert_close(r["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
     assert all(torch.isfinite(torch.tensor(r["losses"]["total"])) for r in results)
+
+
+def _nonfinite_worker(rank, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    # joined here with a short timeout: processes that disagree on a skip fail in a minute instead of hanging
+    torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    method = register_nan_method()
+    # 8 samples and 2 steps per process and epoch; only process 1's network gives NaN, at its 2nd forward
+    trainer = Trainer(tiny_config(method=method, tasks=TASKS, device="cpu", skip_nonfinite=True, batch_size=4,
+                                  method_options={"nan_every": 10 ** 6 if rank == 0 else 2, "nan_task": "semseg"}))
+    trainer.wrap_ddp()
+    trainer.train_epoch(0)
+    result = {"skipped": trainer.skipped_steps, "state": trainer.wrapper.state_dict()}
+    trainer.config.skip_nonfinite = False  # the next epoch stops at process 1's 4th forward (step 4)
+    try:
+        trainer.train_epoch(1)
+    except NonFiniteLossError as e:
+        result["stopped"] = str(e)
+    torch.save(result, os.path.join(out_dir, f"nonfinite{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_processes_skip_or_stop_a_nonfinite_step_together(tmp_path):
+    Trainer(tiny_config(tasks=TASKS, device="cpu"))  # generates the cached data first
+    mp.start_processes(_nonfinite_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True,
+                       start_method="spawn")
+    results = [torch.load(tmp_path / f"nonfinite{r}.pt") for r in range(2)]
+    assert [r["skipped"][0]["step"] for r in results] == [2, 2] and all(len(r["skipped"]) == 1 for r in results)
+    assert results[0]["skipped"][0]["terms"] == ["a loss in another process"]
+    for key, value in results[0]["state"].items():  # both skipped: the replicas stayed identical
+        if "running" not in key and "num_batches" not in key:  # BatchNorm statistics stay per process
+            assert torch.equal(value, results[1]["state"][key]), key
+    assert "non-finite loss at step 4 (epoch 2, batch 2 of 2): a loss in another process" in results[0]["stopped"]
+    assert "non-finite loss at step 4 (epoch 2, batch 2 of 2): task 'semseg' (nan)" in results[1]["stopped"]
+
+
+def test_torchrun_cli_run_writes_one_run_folder(tmp_path):
+    """`torchrun -m mtl_ops.cli train` as the README shows it: 2 gloo processes, rank 0 alone checks and writes
+    the run folder (config.json, log, checkpoint); a second launch into it is refused without --overwrite."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mtl_ops.cli",
+               "train", "--device", "cpu", "--epochs", "1", "--tasks", *TASKS, "--out-dir", str(out), *TINY]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT)] + sys.path), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "last.pt", "metrics.csv", "metrics.jsonl"]
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode != 0 and "already holds files" in again.stderr

@@ -7,8 +7,8 @@ generator of the random flips.
 A step whose loss is NaN or infinite stops the run with :class:`NonFiniteLossError` before the step changes the
 weights; the error names the tasks whose losses were not finite and the step. Checkpoints are written after
 complete epochs only, so the last one on disk stays the last good state. With ``skip_nonfinite`` such steps are
-skipped instead: no backward, no optimiser step, and the floating-point buffers the forward pass updated
-(BatchNorm statistics) are put back; the epoch reports each skipped step. Under torchrun every process takes the
+skipped instead: no backward, no optimiser step, and the buffers the forward pass updated (BatchNorm
+statistics and counters) are put back; the epoch reports each skipped step. Under torchrun every process takes the
 same decision — a step is stopped or skipped everywhere when its loss is non-finite anywhere — because DDP's
 gradient all-reduce needs every process to run each backward.
 """
@@ -56,11 +56,11 @@ def flip_batches(batches: Iterable[Dict[str, torch.Tensor]], generator: torch.Ge
 def nonfinite_terms(losses: Dict[str, torch.Tensor], extra: Optional[torch.Tensor] = None) -> List[str]:
     """What made a total loss non-finite: the tasks whose losses are, else the extra loss, else the combination
     itself (the loss weighting or the deep-supervision losses)."""
-    tasks = [f"task {t!r} ({float(v)})" for t, v in losses.items() if not torch.isfinite(v.detach()).all()]
+    tasks = [f"task {t!r} ({float(v.detach())})" for t, v in losses.items() if not torch.isfinite(v.detach()).all()]
     if tasks:
         return tasks
     if extra is not None and not torch.isfinite(extra.detach()).all():
-        return [f"the phase's extra loss ({float(extra)})"]
+        return [f"the phase's extra loss ({float(extra.detach())})"]
     return ["the weighted total (every task loss is finite: the loss weighting or the deep-supervision losses)"]
 
 
@@ -74,7 +74,7 @@ def run_epoch(batches: Iterable[Dict[str, torch.Tensor]], steps: int, *,
     """Up to ``steps`` optimisation steps on ``batches`` (already on the device): ``loss_fn(batch)`` gives
     (total, {task: loss}); ``extra_loss()`` is added to the total; ``runtime.scaler`` scales the backward.
     ``epoch`` (from 0) and ``first_step`` (steps before this epoch) only name steps in messages."""
-    buffers = [b for b in model.buffers() if b.is_floating_point()] if skip_nonfinite else []
+    buffers = list(model.buffers()) if skip_nonfinite else []
     sums: Dict[str, float] = {}
     taken, read, skipped = 0, 0, []
     for i, batch in enumerate(batches):

@@ -17,7 +17,8 @@ Contract for a method's network (what ``register_method`` expects from ``build_f
   (e.g. ETR-NLP, whose primitives are not learnable), else it counts parameters with ``requires_grad``.
 * a method with its own procedure (AdaShare's phases, PDF's schedule, Medusa's UFL protocol) registers a
   ``schedule(trainer) -> model`` that drives training through the :class:`~mtl_ops.train.Trainer` API
-  (``train_epoch``, ``evaluate``, ``save``). A schedule that is optional for its method also registers
+  (``train_epoch``, ``train_phase``, ``evaluate``, ``save``; other output files through ``trainer.run_dir``,
+  which creates the run folder when it first writes). A schedule that is optional for its method also registers
   ``schedule_when(config) -> bool``: when it returns False the method trains in plain epochs (resumable,
   DDP-capable) — Medusa trains jointly unless ``schedule_options`` ask for UFL.
 

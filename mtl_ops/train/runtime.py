@@ -8,7 +8,7 @@ is part of a run's checkpoint.
 from __future__ import annotations
 
 import contextlib
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
@@ -28,7 +28,7 @@ def choose_device(name: str) -> torch.device:
 class Runtime:
     """The device, the process group and AMP of one run. :meth:`create` sets them up from a config."""
 
-    def __init__(self, device: torch.device, dist: DistInfo = None, amp: bool = False):
+    def __init__(self, device: torch.device, dist: Optional[DistInfo] = None, amp: bool = False):
         self.device = device
         self.dist = dist or DistInfo()
         self.amp = amp
