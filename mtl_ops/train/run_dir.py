@@ -103,7 +103,8 @@ class RunDirectory:
         return path
 
     def discard_if_empty(self) -> None:
-        """After a failure: remove the folder if this run created it and it holds nothing but ``config.json``."""
+        """After a failure: remove the folder if this run created it and it holds nothing but ``config.json``
+        (and a log without rows)."""
         if not self._created or not self.path.is_dir():
             return
         if {p.name for p in self.path.iterdir()} <= {CONFIG_FILE, "metrics.jsonl", "metrics.csv"} and \
