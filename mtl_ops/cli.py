@@ -189,37 +189,22 @@ def _cmd_eval(args) -> int:
 def _cmd_predict(args) -> int:
     from pathlib import Path
 
-    import numpy as np
-
     from .train.inference import load_trained, prediction_images, write_predictions
-    from .utils.png import read_png
+    from .utils.images import read_image, to_unit_rgb
 
+    path = Path(args.image)
     try:
+        array = to_unit_rgb(read_image(path, "IMAGE"), "IMAGE")  # bad pixels are refused before the model runs
         model, config, state = load_trained(args.checkpoint)
-        path = Path(args.image)
-        if not path.is_file():
-            raise FileNotFoundError(f"IMAGE: no file at {path}")
-        if path.suffix == ".npy":
-            array = np.load(path)
-        elif path.suffix == ".png":
-            array = read_png(path)
-        else:
-            raise ValueError(f"IMAGE: expected a .png or .npy file, got {path.name}")
-        if array.ndim != 3 or array.shape[2] not in (3, 4):
-            raise ValueError(f"IMAGE: expected an (H, W, 3) RGB image, got shape {array.shape}")
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, ImportError) as e:
         return _fail("predict", e)
-    array = array[..., :3].astype(np.float32)
-    if array.max() > 1.0:
-        array = array / 255.0
     image = torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
     if args.size:
         image = torch.nn.functional.interpolate(image, size=tuple(args.size), mode="bilinear", align_corners=False)
     with torch.no_grad():
         preds = model(image)
-    out_dir = Path(args.out_dir or ".")
     images = prediction_images(preds, 0, state["num_classes"])
-    for written in write_predictions(out_dir, path.stem, images):
+    for written in write_predictions(Path(args.out_dir), path.stem, images):
         print(f"wrote {written}")
     if "attributes" in preds:
         present = (torch.sigmoid(preds["attributes"][0]) > 0.5).nonzero().flatten().tolist()
@@ -246,42 +231,138 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's line breaks and appends "(default: X)" to an option's help when the option has a
+    default and its help does not state one already."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if "(default" in text or not action.option_strings or default is None or default is False \
+                or default is argparse.SUPPRESS:
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+def _shown(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _config_default(name: str) -> str:
+    """TrainConfig's default of field ``name``, as a user types it on the command line."""
+    import dataclasses
+
+    from .train.config import TrainConfig
+
+    field = TrainConfig.__dataclass_fields__[name]
+    value = field.default_factory() if field.default is dataclasses.MISSING else field.default
+    return _shown(value)
+
+
+def _methods_epilog() -> str:
+    from .train.methods import available_methods, get_method
+
+    names = available_methods()
+    pad = max(map(len, names))
+    return "methods:\n" + "\n".join(f"  {name:<{pad}}  {get_method(name).description}" for name in names)
+
+
 def _add_train_arguments(p) -> None:
-    p.add_argument("--config", help="a JSON file with TrainConfig fields (options below override it)")
-    p.add_argument("--method", help="single_task, shared, adashare, pdf, or any registered method")
-    p.add_argument("--tasks", nargs="+", help="semseg depth normals edges attributes")
-    p.add_argument("--dataset", help="synthetic (default), nyuv2 or cityscapes")
-    p.add_argument("--data-root", help="root of the NYUv2/Cityscapes .npy layout")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="synthetic image size")
-    p.add_argument("--n-train", type=int)
-    p.add_argument("--n-val", type=int)
-    p.add_argument("--backbone")
-    p.add_argument("--width", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--weighting", help="fixed or uncertainty")
-    p.add_argument("--loss-weights", help='JSON, e.g. \'{"depth": 2}\'')
-    p.add_argument("--method-options", help="JSON passed to the network builder")
-    p.add_argument("--schedule-options",
-                   help="JSON for AdaShare phases / PDF schedule / Medusa's UFL protocol ('{\"held_out\": \"normals\"}')")
-    p.add_argument("--device", help="auto, cpu or cuda")
-    p.add_argument("--amp", action="store_true", help="automatic mixed precision")
-    p.add_argument("--no-augment", action="store_true", help="no random flip (and no scale crop unless --scale-crop)")
+    """The TrainConfig options of ``train``. Their argparse defaults stay None, so that only the options given
+    override the --config file; the help shows TrainConfig's defaults."""
+    from .train.config import DATASETS, DEVICES
+    from .train.loading import SYNTHETIC_SIZE
+    from .train.methods import available_methods
+    from .train.tasks import KNOWN_TASKS
+    from .train.weighting import WEIGHTINGS
+
+    def option(flag, help, **kw):
+        name = flag[2:].replace("-", "_")
+        kw.setdefault("metavar", "N" if kw.get("type") is int else None)
+        p.add_argument(flag, help=f"{help} (default: {_config_default(name)})", **kw)
+
+    p.add_argument("--config", metavar="JSON", help="a JSON file with TrainConfig fields (the options below override "
+                                                    "it; without it, the defaults below apply)")
+    option("--method", f"the method to train, one of: {', '.join(available_methods())} (see the list below)")
+    option("--tasks", f"tasks to train, from: {' '.join(KNOWN_TASKS)}", nargs="+", metavar="TASK")
+    option("--dataset", f"one of: {', '.join(DATASETS)}")
+    p.add_argument("--data-root", metavar="DIR", help="root folder of the NYUv2/Cityscapes .npy layout (default: none; "
+                                                      "those datasets need it)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                   help=f"image size (default: {_shown(SYNTHETIC_SIZE)} for synthetic, the stored size for "
+                        f"nyuv2/cityscapes)")
+    option("--n-train", "number of synthetic training images", type=int)
+    option("--n-val", "number of synthetic validation images", type=int)
+    option("--backbone", "resnet10, resnet18, resnet34, or timm:<model name> (pip install 'mtl_ops[timm]')")
+    option("--width", "base width of the built-in ResNets (timm backbones have their own)", type=int)
+    option("--epochs", "training epochs (the phases of AdaShare, PDF and Medusa's UFL default to it; "
+                      "--schedule-options sets them one by one)", type=int)
+    option("--batch-size", "images per step (per process under torchrun)", type=int)
+    option("--lr", "learning rate (AdamW)", type=float)
+    option("--weighting", f"how task losses are combined, one of: {', '.join(WEIGHTINGS)}")
+    p.add_argument("--loss-weights", metavar="JSON",
+                   help='fixed weight per task as JSON, e.g. \'{"depth": 2}\' (default: 1 for every task)')
+    p.add_argument("--method-options", metavar="JSON",
+                   help="JSON of keyword arguments for the method's network builder (default: the method's own)")
+    p.add_argument("--schedule-options", metavar="JSON",
+                   help="JSON for AdaShare's phases, PDF's schedule or Medusa's UFL protocol, e.g. "
+                        "'{\"held_out\": \"normals\"}' (default: the method's own)")
+    option("--device", f"one of: {', '.join(DEVICES)} (auto: cuda when available)")
+    p.add_argument("--amp", action="store_true",
+                   help="automatic mixed precision: bf16 on CPU, fp16 with loss scaling on CUDA (default: off)")
+    p.add_argument("--no-augment", action="store_true",
+                   help="no random flip (and no scale crop unless --scale-crop) (default: augment)")
     p.add_argument("--scale-crop", action=argparse.BooleanOptionalAction, default=None,
                    help="random scale crop of training samples (default: on for nyuv2/cityscapes, off for synthetic)")
-    p.add_argument("--crop-scales", type=float, nargs="+", metavar="S", help="zoom factors >= 1 (default 1.0 1.2 1.5)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--num-workers", type=int)
-    p.add_argument("--num-threads", type=int, help="torch CPU threads (default: 1 when the machine is busy)")
-    p.add_argument("--max-steps-per-epoch", type=int)
-    p.add_argument("--cache-dir")
-    p.add_argument("--out-dir", help="the run's folder: config.json, checkpoints (last.pt), metrics.jsonl / "
-                                     "metrics.csv; a new run needs it empty or new (see --overwrite)")
+    option("--crop-scales", "zoom factors >= 1 the scale crop draws from", type=float, nargs="+", metavar="S")
+    option("--seed", "seed of the initialisation, data order and augmentation", type=int)
+    option("--num-workers", "DataLoader worker processes", type=int)
+    p.add_argument("--num-threads", type=int, metavar="N",
+                   help="torch CPU threads (default: 1 when the machine is busy, else torch's default)")
+    p.add_argument("--max-steps-per-epoch", type=int, metavar="N", help="stop each epoch after N steps "
+                                                                        "(default: the whole training set)")
+    p.add_argument("--cache-dir", metavar="DIR", help="where the synthetic scenes are cached (default: "
+                                                      "$MTL_OPS_CACHE/synthetic, else ~/.cache/mtl_ops/synthetic)")
+    p.add_argument("--out-dir", metavar="DIR", help="the run's folder: config.json, checkpoints (last.pt), "
+                                                    "metrics.jsonl / metrics.csv; a new run needs it empty or new "
+                                                    "(see --overwrite) (default: nothing is written)")
     p.add_argument("--skip-nonfinite", action="store_true",
                    help="skip training steps whose loss is NaN or infinite (counted in the log rows' skipped_steps, "
                         "each printed) instead of stopping the run with a message naming the task and the step")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar or per-epoch lines (the bar shows only on a terminal anyway)")
+
+
+def _add_demo_arguments(p) -> None:
+    from .train.demo import DEMO_DEFAULTS, demo_methods
+
+    def option(flag, help, **kw):
+        name = flag[2:].replace("-", "_")
+        default = DEMO_DEFAULTS[name] if name in DEMO_DEFAULTS else _config_default(name)
+        kw.setdefault("metavar", "N" if kw.get("type") is int else None)
+        p.add_argument(flag, help=f"{help} (default: {_shown(default)})", **kw)
+
+    p.add_argument("--out-dir", default="mtl_ops_demo", metavar="DIR",
+                   help="where report.md, metrics.json, predictions.png and each method's run go")
+    p.add_argument("--methods", nargs="+", metavar="METHOD",
+                   help=f"methods to train and compare (default: {' '.join(demo_methods())})")
+    option("--tasks", "tasks to train", nargs="+", metavar="TASK")
+    option("--n-train", "number of synthetic training images", type=int)
+    option("--n-val", "number of synthetic validation images", type=int)
+    option("--epochs", "training epochs of each method (AdaShare's phases are the demo's own)", type=int)
+    option("--batch-size", "images per step", type=int)
+    option("--width", "base width of the built-in ResNets", type=int)
+    option("--backbone", "resnet10, resnet18, resnet34, or timm:<model name>")
+    option("--size", "image size", type=int, nargs=2, metavar=("H", "W"))
+    option("--seed", "seed of the initialisation, data order and augmentation", type=int)
+    p.add_argument("--cache-dir", metavar="DIR", help="where the synthetic scenes are cached (default: "
+                                                      "$MTL_OPS_CACHE/synthetic, else ~/.cache/mtl_ops/synthetic)")
+    p.add_argument("--timing-steps", type=int, default=3, metavar="N",
+                   help="training steps timed per model with fused and with reference ops (median reported)")
+    p.add_argument("--num-threads", type=int, metavar="N",
+                   help="torch CPU threads (default: 1 when the machine is busy, else torch's default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
 
 def _resume_flags(parser) -> list:
@@ -293,34 +374,43 @@ def _resume_flags(parser) -> list:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mtl-ops", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("info", help="versions, device, and per op and backend: available or why not")
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="mtl-ops", description=__doc__, formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"mtl-ops {__version__} (torch {torch.__version__})")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="one of these (mtl-ops COMMAND --help shows its options):")
+
+    def command(name, help, **kw):
+        return sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter, **kw)
+
+    p = command("info", "versions, device, and per op and backend: available or why not")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_cmd_info)
-    p = sub.add_parser("bench", help="time every backend against the reference and torch.compile(reference)")
+    p = command("bench", "time every backend against the reference and torch.compile(reference)")
     p.add_argument("ops", nargs="*", help="ops to benchmark (default: all); with --networks, methods")
     p.add_argument("--networks", action="store_true",
                    help="time a training step of each method's whole network instead (fused ops, reference ops, "
                         "torch.compile of the network on the reference ops)")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--dtype", nargs="+", default=["float32"], help="dtypes (default float32)")
+    p.add_argument("--dtype", nargs="+", default=["float32"], metavar="DTYPE",
+                   help=f"dtypes, from: {', '.join(_DTYPES)}")
     p.add_argument("--quick", action="store_true", help="tiny sizes, few repeats: a smoke test, not a measurement")
     p.add_argument("--size", choices=("full", "gpu"), default="full",
-                   help="full: the stated sizes (default); gpu: sizes several times a GPU's L2 cache for the "
-                        "memory-bound ops (the others keep their full size)")
+                   help="full: the stated sizes; gpu: sizes several times a GPU's L2 cache for the memory-bound ops "
+                        "(the others keep their full size)")
     p.add_argument("--jsonl", metavar="PATH", help="append each row to PATH as it is measured (JSON lines)")
     p.add_argument("--providers", nargs="+", metavar="NAME",
                    help="run only these providers (reference, compile(reference), cpp, cuda, triton, ...; with "
-                        "--networks: reference, fused, compile(reference))")
-    p.add_argument("--min-seconds", type=float, default=0.5,
-                   help="time each provider for at least this long (default 0.5; the median is reported)")
+                        "--networks: reference, fused, compile(reference)) (default: all)")
+    p.add_argument("--min-seconds", type=float, default=0.5, metavar="S",
+                   help="time each provider for at least this long; the median is reported")
     p.add_argument("--once", action="store_true",
                    help="one call per provider, no memory measurement: fills the compile caches, measures nothing")
     p.add_argument("--json", metavar="PATH", help="also write the rows (op, provider, shape, dtype, device, "
                                                    "versions, commit, time, peak memory) as JSON")
     p.set_defaults(func=_cmd_bench)
-    p = sub.add_parser("train", help="train one method (torchrun for several processes)")
+    p = command("train", "train one method (torchrun for several processes)", epilog=_methods_epilog())
     _add_train_arguments(p)
     p.add_argument("--resume", metavar="CHECKPOINT",
                    help="continue the run in CHECKPOINT (e.g. runs/x/last.pt) with the configuration stored in it, "
@@ -330,34 +420,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow a new run into an --out-dir that already holds files: the run replaces config.json, "
                         "metrics.jsonl/.csv and last.pt there (other files stay)")
     p.set_defaults(func=_cmd_train)
-    p = sub.add_parser("eval", help="validation metrics of a checkpoint")
-    p.add_argument("checkpoint")
-    p.add_argument("--data-root")
-    p.add_argument("--cache-dir")
+    p = command("eval", "validation metrics of a checkpoint")
+    p.add_argument("checkpoint", help="a checkpoint written by mtl-ops train (last.pt)")
+    p.add_argument("--data-root", metavar="DIR", help="the dataset's root folder (default: the one it was trained on)")
+    p.add_argument("--cache-dir", metavar="DIR", help="the synthetic scenes' cache (default: the one it was trained "
+                                                      "with)")
     p.add_argument("--json", metavar="PATH", help="also write the metrics as JSON")
     p.set_defaults(func=_cmd_eval)
-    p = sub.add_parser("predict", help="segmentation, depth, normals and edges PNGs for one image")
-    p.add_argument("checkpoint")
-    p.add_argument("image", metavar="IMAGE", help="an RGB .png or (H, W, 3) .npy")
-    p.add_argument("--out-dir", help="where the PNGs go (default: current folder)")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize the image first")
+    p = command("predict", "segmentation, depth, normals and edges PNGs for one image")
+    p.add_argument("checkpoint", help="a checkpoint written by mtl-ops train (last.pt)")
+    p.add_argument("image", metavar="IMAGE",
+                   help="an image file Pillow reads (PNG of any mode, JPEG, ...; 16-bit grey scaled by 1/65535) or "
+                        "an .npy array (H, W[, 3]): uint8, uint16, or float in [0, 1] (or 0-255 levels); alpha is "
+                        "dropped")
+    p.add_argument("--out-dir", default=".", metavar="DIR", help="where the PNGs <IMAGE name>_<task>.png go")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize the image first (default: its size)")
     p.set_defaults(func=_cmd_predict)
-    p = sub.add_parser("demo", help="train and compare every method on the synthetic scenes; write a report")
-    p.add_argument("--out-dir", default="mtl_ops_demo")
-    p.add_argument("--methods", nargs="+", help="default: single_task, shared and every registered method")
-    p.add_argument("--tasks", nargs="+")
-    p.add_argument("--n-train", type=int)
-    p.add_argument("--n-val", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--width", type=int)
-    p.add_argument("--backbone")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"))
-    p.add_argument("--seed", type=int)
-    p.add_argument("--cache-dir")
-    p.add_argument("--timing-steps", type=int, default=3)
-    p.add_argument("--num-threads", type=int, help="torch CPU threads (default: 1 when the machine is busy)")
-    p.add_argument("--quiet", action="store_true")
+    p = command("demo", "train and compare every method on the synthetic scenes; write a report")
+    _add_demo_arguments(p)
     p.set_defaults(func=_cmd_demo)
     return parser
 

@@ -3,6 +3,7 @@ comparison that reports the worst element and a recorder of Triton kernel launch
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 
 import pytest
 import torch
@@ -19,6 +20,9 @@ TOLERANCES = {
 }
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+# for tests that look into the Triton kernels' modules rather than run an op through backend_params
+requires_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                                     reason="triton is not installed (pip install 'mtl_ops[triton]')")
 
 
 def backend_params(op: str, device: str, backends=("cpp", "cuda", "triton")):

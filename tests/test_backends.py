@@ -3,6 +3,7 @@ import shutil
 
 import pytest
 import torch
+from harness import requires_triton
 
 import mtl_ops
 from mtl_ops import backends
@@ -32,6 +33,7 @@ def test_env_override_to_an_unavailable_backend_says_why(monkeypatch):
         select_backend("gated_residual", torch.device("cpu"))
 
 
+@requires_triton
 def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert "TRITON_INTERPRET=1" in unavailable_reason("triton", "cpu", "gated_residual")

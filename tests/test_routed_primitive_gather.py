@@ -2,7 +2,7 @@
 odd sizes, dtypes), gradcheck, opcheck, compile, bad input."""
 import pytest
 import torch
-from harness import assert_close, backend_params, tf32_everywhere
+from harness import assert_close, backend_params, requires_triton, tf32_everywhere
 from rpg_cases import PRIMITIVE_SETS, make_case
 
 import mtl_ops
@@ -122,6 +122,7 @@ def test_triton_backward_in_bounded_pieces(backend, monkeypatch):
     assert len(grids["_input_grad_kernel"]) == 2  # one launch per image
 
 
+@requires_triton
 def test_triton_tiles_are_capped():
     # A 256-channel layer: accumulators stay (64 x 64) and channel tiles 16, whatever the width.
     from mtl_ops.triton import load
@@ -132,6 +133,7 @@ def test_triton_tiles_are_capped():
     assert (plan.n_ob, plan.n_qb, plan.n_cb) == (4, 4, 16)
 
 
+@requires_triton
 def test_triton_meta_table_is_copied_to_the_device_once():
     # A host-to-device copy on every call would synchronise and break CUDA-graph capture.
     from mtl_ops.triton import load
@@ -143,6 +145,7 @@ def test_triton_meta_table_is_copied_to_the_device_once():
                                       [1, 0, 0, 132, 1, 1], [2, 0, 0, 0, 1, 1]]
 
 
+@requires_triton
 def test_triton_weight_gradient_partials_do_not_grow_with_the_batch():
     # The benchmark size (T*B = 48, 128 x 128): one partial per (image, pixel block) would be 12,288.
     from mtl_ops.triton import load
@@ -151,6 +154,7 @@ def test_triton_weight_gradient_partials_do_not_grow_with_the_batch():
     assert splits <= rpg.MAX_SPLITS and splits * per >= 48 * 256 and (splits - 1) * per < 48 * 256
 
 
+@requires_triton
 def test_triton_backward_uses_no_atomics():
     # Atomic float adds make d x differ from run to run; the backward is written as gathers and ordered sums.
     import inspect

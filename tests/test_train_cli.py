@@ -4,8 +4,9 @@ import json
 import numpy as np
 import pytest
 
+from PIL import Image
+
 from mtl_ops.cli import main
-from mtl_ops.utils.png import read_png, read_png_header, write_png
 from train_helpers import one_thread, CACHE
 
 TINY = ["--size", "32", "40", "--num-threads", "1", "--n-train", "16", "--n-val", "8", "--width", "8", "--batch-size", "8",
@@ -26,11 +27,11 @@ def test_train_eval_predict(tmp_path, capsys):
     assert json.loads((tmp_path / "m.json").read_text()) == evaluated
 
     image = (np.random.default_rng(0).random((32, 40, 3)) * 255).astype(np.uint8)
-    write_png(tmp_path / "img.png", image)
-    assert np.array_equal(read_png(tmp_path / "img.png"), image)
+    Image.fromarray(image).save(tmp_path / "img.png")
     assert main(["predict", str(out / "last.pt"), str(tmp_path / "img.png"), "--out-dir", str(tmp_path / "p")]) == 0
     for task in ("semseg", "depth", "normals", "edges"):
-        assert read_png_header(tmp_path / "p" / f"img_{task}.png") == (40, 32, 3)
+        with Image.open(tmp_path / "p" / f"img_{task}.png") as im:
+            assert (im.format, im.mode, im.size) == ("PNG", "RGB", (40, 32))
     assert "attributes (classes present)" in capsys.readouterr().out
 
 
@@ -51,7 +52,8 @@ def test_demo_tiny(tmp_path, capsys):
     for row in ("| trivial |", "| single_task |", "| shared |", "Δm key", "reference / fused",
                 "Edges F: the boundary F-measure", "within 0.011 × the image diagonal (0.56 px at 32×40)"):
         assert row in report
-    width, height, _ = read_png_header(out / "predictions.png")
+    with Image.open(out / "predictions.png") as im:
+        width, height = im.size
     assert height > 2 * 32 and width > 3 * 40
     results = json.loads((out / "metrics.json").read_text())
     assert set(results["methods"]) == {"trivial", "single_task", "shared"}
@@ -71,10 +73,63 @@ def test_cli_errors_are_clear(argv, match, capsys):
     assert match in capsys.readouterr().err
 
 
-def test_predict_bad_image(tmp_path, capsys):
-    assert main(["train", "--epochs", "1", "--out-dir", str(tmp_path), "--tasks", "semseg"] + TINY) == 0
-    assert main(["predict", str(tmp_path / "last.pt"), str(tmp_path / "missing.png")]) == 2
+@pytest.fixture(scope="module")
+def semseg_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("semseg_run")
+    assert main(["train", "--epochs", "1", "--out-dir", str(out), "--tasks", "semseg", "depth"] + TINY) == 0
+    return out / "last.pt"
+
+
+def _predict(checkpoint, image, out_dir):
+    return main(["predict", str(checkpoint), str(image), "--out-dir", str(out_dir)])
+
+
+def test_predict_bad_image(semseg_checkpoint, tmp_path, capsys):
+    assert _predict(semseg_checkpoint, tmp_path / "missing.png", tmp_path) == 2
     assert "IMAGE: no file" in capsys.readouterr().err
     (tmp_path / "x.txt").write_text("x")
-    assert main(["predict", str(tmp_path / "last.pt"), str(tmp_path / "x.txt")]) == 2
-    assert "expected a .png or .npy" in capsys.readouterr().err
+    assert _predict(semseg_checkpoint, tmp_path / "x.txt", tmp_path) == 2
+    assert "is neither a .npy array nor an image format Pillow reads" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["photo.jpg", "PHOTO.JPG"])
+def test_predict_a_jpeg(semseg_checkpoint, tmp_path, capsys, name):
+    image = (np.random.default_rng(1).random((32, 40, 3)) * 255).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / name)
+    assert _predict(semseg_checkpoint, tmp_path / name, tmp_path / "p") == 0
+    stem = name.split(".")[0]
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == [f"{stem}_depth.png", f"{stem}_semseg.png"]
+    with Image.open(tmp_path / "p" / f"{stem}_semseg.png") as im:
+        assert im.size == (40, 32)
+
+
+def test_predict_refuses_non_finite_pixels_before_the_model_runs(semseg_checkpoint, tmp_path, capsys, monkeypatch):
+    from mtl_ops.train import inference
+
+    image = np.random.default_rng(2).random((32, 40, 3)).astype(np.float32)
+    image[3, 5, 1] = np.nan
+    np.save(tmp_path / "nan.npy", image)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded for an image with NaN pixels")
+    monkeypatch.setattr(inference, "load_trained", no_model)
+    assert _predict(semseg_checkpoint, tmp_path / "nan.npy", tmp_path / "p") == 2
+    err = capsys.readouterr().err
+    assert "mtl-ops predict: error: IMAGE: expected finite pixel values, got 1 NaN or infinite value(s) (the first " \
+           "at row 3, column 5: nan)" in err
+    assert not (tmp_path / "p").exists()
+
+
+def test_predict_scales_uint16_by_its_range(semseg_checkpoint, tmp_path, capsys):
+    levels = np.random.default_rng(3).integers(0, 65536, (32, 40, 3)).astype(np.uint16)
+    np.save(tmp_path / "a16.npy", levels)
+    np.save(tmp_path / "unit.npy", levels.astype(np.float32) / np.float32(65535))
+    assert _predict(semseg_checkpoint, tmp_path / "a16.npy", tmp_path / "p") == 0
+    assert _predict(semseg_checkpoint, tmp_path / "unit.npy", tmp_path / "p") == 0
+    for task in ("semseg", "depth"):
+        with Image.open(tmp_path / "p" / f"a16_{task}.png") as a, Image.open(tmp_path / "p" / f"unit_{task}.png") as b:
+            assert np.array_equal(np.asarray(a), np.asarray(b)), task
+    # the same levels divided by 255 (as before) would be refused: the range is the dtype's, not the values'
+    np.save(tmp_path / "wide.npy", levels.astype(np.float32))
+    assert _predict(semseg_checkpoint, tmp_path / "wide.npy", tmp_path / "p") == 2
+    assert "IMAGE: expected float pixels in [0, 1] (or 8-bit levels in [0, 255])" in capsys.readouterr().err

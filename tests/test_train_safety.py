@@ -10,7 +10,7 @@ import torch
 
 from mtl_ops.cli import main
 from mtl_ops.train import NonFiniteLossError, Trainer, load_checkpoint
-from mtl_ops.utils.png import write_png
+from mtl_ops.utils.images import write_image
 from test_train_cli import TINY
 from train_helpers import one_thread, register_nan_method, tiny_config
 
@@ -137,7 +137,7 @@ def test_output_files_are_created_0644(tmp_path):
     try:
         out = tmp_path / "run"
         assert main(["train", "--epochs", "1", "--out-dir", str(out), "--tasks", "semseg"] + TINY) == 0
-        write_png(tmp_path / "image.png", torch.zeros(4, 4, dtype=torch.uint8).numpy())
+        write_image(tmp_path / "image.png", torch.zeros(4, 4, dtype=torch.uint8).numpy())
     finally:
         os.umask(previous)
     for path in (out / "last.pt", out / "config.json", out / "metrics.jsonl", out / "metrics.csv",

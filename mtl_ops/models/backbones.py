@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..nn.blocks import BasicBlock
+from ..utils.optional import require
 
 _DEPTHS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 
@@ -72,10 +73,7 @@ class TimmBackbone(nn.Module):
 
     def __init__(self, name: str, *, pretrained: bool = False, **kwargs):
         super().__init__()
-        try:
-            import timm
-        except ImportError as e:
-            raise ImportError("TimmBackbone needs timm (pip install timm)") from e
+        timm = require("timm", "timm", "timm", "TimmBackbone")
         self.model = timm.create_model(name, features_only=True, pretrained=pretrained, **kwargs)
         self.channels = list(self.model.feature_info.channels())
         self.strides = list(self.model.feature_info.reduction())

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..utils.colormap import colorize_depth, colorize_edges, colorize_normals, colorize_segmentation
-from ..utils.png import write_png
+from ..utils.images import write_image
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .methods import build_model
@@ -66,4 +66,4 @@ def image_to_rgb(image: torch.Tensor) -> np.ndarray:
 
 def write_predictions(out_dir, stem: str, images: Dict[str, np.ndarray]) -> list:
     out_dir = Path(out_dir)
-    return [write_png(out_dir / f"{stem}_{t}.png", img) for t, img in images.items()]
+    return [write_image(out_dir / f"{stem}_{t}.png", img) for t, img in images.items()]

@@ -24,7 +24,7 @@ import torch
 from ..nn.pdf_grouping import group_tasks
 from ..ops import cka
 from ..utils.colormap import heatmap
-from ..utils.png import write_png
+from ..utils.images import write_image
 
 OPTIONS = ("threshold", "cka_images", "step_epochs", "max_fusions", "from_scratch")
 
@@ -72,8 +72,8 @@ def pdf_schedule(trainer) -> None:
                 "groups": [list(g) for g in groups], "fused": tuple(groups) != tuple(current)}
         trainer.pdf_steps.append(step)
         if trainer.run_dir.enabled:
-            write_png(trainer.run_dir.file(f"pdf_similarity_stage{stage}.png"),
-                      heatmap(np.clip(similarity.numpy(), 0, 1), cell=24))
+            write_image(trainer.run_dir.file(f"pdf_similarity_stage{stage}.png"),
+                        heatmap(np.clip(similarity.numpy(), 0, 1), cell=24))
             trainer.run_dir.write_text("pdf_schedule.json", json.dumps(trainer.pdf_steps, indent=2))
         if not cfg.quiet:
             print(f"[pdf] stage {stage}: groups {[list(g) for g in groups]}", flush=True)

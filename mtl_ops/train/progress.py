@@ -1,31 +1,25 @@
-"""A minimal progress bar on stderr (no tqdm): redrawn in place, shown only when stderr is a TTY and
-not disabled."""
+"""The training progress bar: tqdm on stderr, shown only when the stream is a TTY (unless told otherwise)."""
 from __future__ import annotations
 
 import sys
-import time
+
+from ..utils.optional import require
 
 
 class Progress:
+    """``total`` steps under ``desc``; ``enabled=None`` shows the bar only on a TTY, True and False force it."""
+
     def __init__(self, total: int, desc: str = "", enabled: bool | None = None, stream=None):
-        self.stream = stream or sys.stderr
-        self.enabled = (self.stream.isatty() if hasattr(self.stream, "isatty") else False) if enabled is None \
-            else enabled
-        self.total, self.desc, self.count, self.start = max(int(total), 1), desc, 0, time.perf_counter()
-        self.postfix = ""
+        tqdm = require("tqdm", "tqdm", "train", "the training progress bar").tqdm
+        self.bar = tqdm(total=max(int(total), 1), desc=desc, file=stream or sys.stderr, dynamic_ncols=True,
+                        disable=None if enabled is None else not enabled)  # tqdm's None: off when not a TTY
+        self.enabled = not self.bar.disable  # (tqdm sets disable when the bar closes)
 
     def update(self, n: int = 1, **postfix) -> None:
-        self.count += n
+        """Advance by ``n`` steps and show ``postfix`` (e.g. ``loss=0.42``) after the bar."""
         if postfix:
-            self.postfix = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in postfix.items())
-        if self.enabled:
-            frac = min(self.count / self.total, 1.0)
-            bar = "#" * int(frac * 24)
-            elapsed = time.perf_counter() - self.start
-            self.stream.write(f"\r{self.desc} [{bar:<24}] {self.count}/{self.total} {elapsed:.0f}s {self.postfix}")
-            self.stream.flush()
+            self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(n)
 
     def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
+        self.bar.close()

@@ -11,7 +11,7 @@ import torch
 
 from ..metrics import METRIC_DIRECTIONS, default_spec, delta_m_report
 from ..metrics.edges import DEFAULT_MAX_DIST, tolerance_pixels
-from ..utils.png import write_png
+from ..utils.images import write_image
 from .inference import image_to_rgb, prediction_images, target_images
 
 KEY_METRICS = {"semseg": "mIoU", "depth": "rmse", "normals": "mean", "edges": "F", "attributes": "accuracy"}
@@ -109,7 +109,7 @@ def write_report(out_dir, results: Dict, trainers: Dict, val_set, num_classes: i
     lines += ["", "## Predictions", "", "![predictions](predictions.png)", "",
               "Rows: for each of two validation images, the ground truth (image, " + ", ".join(
                   t for t in tasks if t != "attributes") + "), then each model in the table order.", ""]
-    write_png(out_dir / "predictions.png", prediction_figure(trainers, val_set, tasks, num_classes))
+    write_image(out_dir / "predictions.png", prediction_figure(trainers, val_set, tasks, num_classes))
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
     return path

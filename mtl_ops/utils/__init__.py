@@ -1,6 +1,6 @@
-"""Small dependency-free helpers: PNG writing and colour maps."""
+"""Helpers: colour maps, image files (Pillow, imported on use) and optional imports."""
 from .colormap import colorize_depth, colorize_edges, colorize_normals, colorize_segmentation, heatmap, palette
-from .png import read_png, read_png_header, write_png
+from .images import read_image, to_unit_rgb, write_image
 
-__all__ = ["write_png", "read_png", "read_png_header", "palette", "colorize_segmentation", "colorize_depth",
+__all__ = ["read_image", "write_image", "to_unit_rgb", "palette", "colorize_segmentation", "colorize_depth",
            "colorize_normals", "colorize_edges", "heatmap"]
