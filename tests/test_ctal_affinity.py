@@ -28,7 +28,8 @@ def cfg_id(cfg):
 class TestCtalAffinity(OpSuite):
     OP = OP
     fn = staticmethod(ctal_affinity)
-    reference = staticmethod(reference)
+    # parameters may be fp32 beside half activations: the reference takes them in the activations' dtype
+    reference = staticmethod(lambda x, v, w, b, gamma: reference(x, v, w.to(x.dtype), b.to(x.dtype), gamma))
     CASES = {cfg_id(c): c for c in CONFIGS}
     CUDA_CASES = {cfg_id(c): c for c in [(2, 3, 16, 24, 32, 3, False), (2, 3, 16, 24, 32, 3, True)]}
     # The Triton interpreter costs ~1 ms per program instance: two cases in fp32, one in every dtype.
