@@ -284,7 +284,8 @@ class OpSuite:
 
     def test_autocast_promotes_mixed_dtypes(self):
         """Under autocast an op takes activations in two floating dtypes (a bf16 conv output beside fp32) and
-        runs in the wider one: the result is the op on the promoted inputs."""
+        runs in the wider one: the result is the op on the promoted inputs (the fused kernels then run in fp32;
+        the reference backend is plain PyTorch, whose own matmuls and convolutions autocast as usual)."""
         sample = self.sample()
         if not sample.diff:
             pytest.skip(f"{self.OP} takes any floating dtype as it comes")
@@ -297,12 +298,12 @@ class OpSuite:
         for backend in backends:
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 got = self.fn(*mixed.args, backend=backend, **mixed.kwargs)
-            want = self.fn(*promoted.args, backend=backend, **promoted.kwargs)
-            assert got.dtype == want.dtype == torch.float32
-            # the fused kernels run the promoted inputs as they are; the reference's own matmuls and convolutions
-            # are autocast to bf16 inside it
-            tol = torch.float32 if backend != "reference" else torch.bfloat16
-            self.assert_close(got, want.double(), tol, "reduction", f"autocast on {backend}", True)
+                want = self.fn(*promoted.args, backend=backend, **promoted.kwargs)
+            assert torch.equal(got, want), f"{self.OP}/{backend}: mixed dtypes under autocast != promoted inputs"
+            if backend != "reference":
+                assert got.dtype == torch.float32
+                self.assert_close(got, self.fn(*promoted.args, backend=backend, **promoted.kwargs).double(),
+                                  torch.float32, "reduction", f"autocast on {backend}", True)
 
     def test_unknown_backend(self):
         s = self.sample()
