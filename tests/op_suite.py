@@ -213,13 +213,17 @@ class OpSuite:
         assert torch.autograd.gradcheck(fn, leaves, fast_mode=any_backend == "triton")
 
     def test_opcheck(self, backend):
+        self.check_operators(backend, "cpu")
+
+    def check_operators(self, backend, device):
+        """opcheck of the forward operator (inputs that require grad: its autograd too) and of the backward."""
         forward, backward = self.operators(backend)
-        s, _ = self.sample().leaves()
-        args = self.operator_args(s)
-        torch.library.opcheck(forward, args)
+        sample = self.make(self.SMALL_CASE, torch.float32, device)
+        s, _ = sample.leaves()
+        torch.library.opcheck(forward, self.operator_args(s))
         if backward is not None:
-            out = forward(*self.operator_args(self.sample()))
-            torch.library.opcheck(backward, self.backward_args(out, self.sample()))
+            out = forward(*self.operator_args(sample))
+            torch.library.opcheck(backward, self.backward_args(out, sample))
 
     def backward_args(self, out, sample: Sample) -> tuple:
         """The backward operator's arguments for the forward operator's output ``out`` (default: grad_out and the
@@ -347,9 +351,7 @@ class OpSuite:
 
     @pytest.mark.cuda
     def test_opcheck_cuda(self, cuda_backend):
-        forward, _ = self.operators(cuda_backend)
-        s, _ = self.make(self.SMALL_CASE, torch.float32, "cuda").leaves()
-        torch.library.opcheck(forward, self.operator_args(s))
+        self.check_operators(cuda_backend, "cuda")
 
 
 PYTHON = "python"  # marks a bad input that only the Python layer sees (a wrong Python type)
@@ -370,24 +372,3 @@ def change_kwargs(**kwargs) -> Callable[[Sample], Sample]:
         s.kwargs.update(kwargs)
         return s
     return mutate
-
-
-def layout_channels_last(t: torch.Tensor) -> torch.Tensor:
-    """Channels-last for 4-d tensors, and for 5-d ones (T, B, C, H, W) per task."""
-    if t.dim() == 4:
-        return t.contiguous(memory_format=torch.channels_last)
-    if t.dim() == 5:
-        return t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
-    return t
-
-
-def layout_strided(t: torch.Tensor) -> torch.Tensor:
-    """A non-dense view with the same values."""
-    if t.dim() == 0 or t.shape[-1] == 0:
-        return t
-    return torch.cat([t, t], dim=-1)[..., ::2]
-
-
-def layout_permuted(t: torch.Tensor) -> torch.Tensor:
-    """Dense, with the two leading dimensions swapped in memory."""
-    return t.transpose(0, 1).contiguous().transpose(0, 1) if t.dim() >= 2 else t

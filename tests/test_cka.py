@@ -3,8 +3,8 @@ common offset, the translation invariance the fused op relies on, the 0/0 and Na
 rule (backend=None falls back to the reference, a fused backend named explicitly refuses), memory."""
 import pytest
 import torch
-from harness import backend_params
-from op_suite import PYTHON, OpSuite, Sample, change, layout_permuted, layout_strided
+from harness import backend_params, layout_permuted, layout_strided
+from op_suite import PYTHON, OpSuite, Sample, change
 
 from mtl_ops.backends import BackendUnavailableError
 from mtl_ops.bench.memory import cpu_peak_supported, peak_memory_bytes

@@ -3,8 +3,8 @@ activations, fp32 accumulation as Z grows with N, no N x N allocation, the plain
 backward's argument checks."""
 import pytest
 import torch
-from harness import backend_params
-from op_suite import PYTHON, OpSuite, Sample, change, layout_channels_last, layout_permuted, run_with_grads
+from harness import backend_params, layout_channels_last, layout_permuted
+from op_suite import PYTHON, OpSuite, Sample, change, run_with_grads
 
 import mtl_ops
 from mtl_ops.bench.memory import cpu_peak_supported, peak_memory_bytes

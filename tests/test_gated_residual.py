@@ -2,9 +2,8 @@
 work-item boundaries of the kernels, layouts kept, empty tensors, thread-count independence."""
 import pytest
 import torch
-from harness import backend_params
-from op_suite import PYTHON, OpSuite, Sample, change, layout_channels_last, layout_permuted, layout_strided
-from op_suite import run_with_grads
+from harness import backend_params, layout_channels_last, layout_permuted, layout_strided
+from op_suite import PYTHON, OpSuite, Sample, change, run_with_grads
 
 import mtl_ops
 from mtl_ops.ops import gated_residual

@@ -3,8 +3,8 @@ gather-window tiles, empty batches and channels, exactness against F.interpolate
 independence, the backward's argument checks."""
 import pytest
 import torch
-from harness import LaunchLog, backend_params
-from op_suite import PYTHON, OpSuite, Sample, change, layout_channels_last, layout_strided, run_with_grads
+from harness import LaunchLog, backend_params, layout_channels_last, layout_strided
+from op_suite import PYTHON, OpSuite, Sample, change, run_with_grads
 
 import mtl_ops
 from mtl_ops.ops import ms_attention_mix

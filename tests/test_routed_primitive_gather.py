@@ -4,8 +4,8 @@ the meta table, no atomics), max-pool ties and -inf windows, and the CUDA paths 
 devices, the bank in chunks)."""
 import pytest
 import torch
-from harness import LaunchLog, assert_close, backend_params, tf32_everywhere
-from op_suite import OpSuite, Sample, change, change_kwargs, layout_channels_last, layout_strided, run_with_grads
+from harness import LaunchLog, assert_close, backend_params, layout_channels_last, layout_strided, tf32_everywhere
+from op_suite import OpSuite, Sample, change, change_kwargs, run_with_grads
 from rpg_cases import PRIMITIVE_SETS, make_case
 
 import mtl_ops

@@ -2,8 +2,8 @@
 (M = C) masks, the CPU kernel's pixel chunks, thread-count independence, the backward's grad_out check."""
 import pytest
 import torch
-from harness import backend_params
-from op_suite import PYTHON, OpSuite, Sample, change, layout_channels_last, layout_strided, run_with_grads
+from harness import backend_params, layout_channels_last, layout_strided
+from op_suite import PYTHON, OpSuite, Sample, change, run_with_grads
 
 import mtl_ops
 from mtl_ops.ops import sfa_apply
