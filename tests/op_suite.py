@@ -85,6 +85,9 @@ class OpSuite:
     CUDA_BACKENDS = ("cuda", "triton")
     TRITON_CASES = None            # (case, dtype) pairs the Triton interpreter runs on the CPU (None: all)
     GRADCHECK_CASES: tuple = ()    # cases for gradcheck (float64)
+    # backends checked by random directional derivatives (gradcheck's fast mode): the Triton interpreter costs
+    # about 1 ms per program step
+    GRADCHECK_FAST = ("triton",)
     SMALL_CASE: Any = None         # the case for opcheck, compile, export, determinism and autocast
     BAD_CASE: Any = None           # the case BAD_INPUTS mutate (None: SMALL_CASE)
     BAD_INPUTS: list = []          # (name, mutate(sample) -> sample, error type, message regex[, PYTHON])
@@ -209,8 +212,7 @@ class OpSuite:
                 s.set(path, t)
             return self.fn(*s.args, backend=any_backend, **s.kwargs)
 
-        # The Triton interpreter costs about 1 ms per program step: random directional derivatives there.
-        assert torch.autograd.gradcheck(fn, leaves, fast_mode=any_backend == "triton")
+        assert torch.autograd.gradcheck(fn, leaves, fast_mode=any_backend in self.GRADCHECK_FAST)
 
     def test_opcheck(self, backend):
         self.check_operators(backend, "cpu")
