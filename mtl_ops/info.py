@@ -7,7 +7,8 @@ import torch
 
 from . import __version__
 from ._loader import BUILD_INFO, LIBRARIES
-from .backends import backend_table, triton_interpret_enabled
+from .backends import backend_table
+from .triton import interpret_enabled as triton_interpret_enabled
 
 
 def _triton_version() -> str | None:
