@@ -1,4 +1,4 @@
-"""Helpers: colour maps, image files (Pillow, imported on use) and optional imports."""
+"""Helpers: colour maps and image files (Pillow, imported on use)."""
 from .colormap import colorize_depth, colorize_edges, colorize_normals, colorize_segmentation, heatmap, palette
 from .images import read_image, to_unit_rgb, write_image
 
