@@ -1,9 +1,11 @@
 """The `mtl-ops` command: `info` (build and backends), `bench` (speed and memory ratio table), `train`,
-`eval`, `predict` and `demo` (train and compare every method on the embedded synthetic scenes)."""
+`eval`, `predict`, `demo` (train and compare every method on the embedded synthetic scenes) and `study` (every
+method with several seeds at a larger budget)."""
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -227,23 +229,59 @@ def _cmd_predict(args) -> int:
     return 0
 
 
-def _cmd_demo(args) -> int:
+def _demo_config(args, defaults):
+    """The demo's or the study's TrainConfig: ``defaults`` (the demo's data and budget), then the flags given."""
     from .train import TrainConfig
+
+    return TrainConfig(**{**defaults, **{k: v for k, v in (
+        ("n_train", args.n_train), ("n_val", args.n_val), ("epochs", args.epochs), ("width", args.width),
+        ("size", tuple(args.size) if args.size else None), ("backbone", args.backbone),
+        ("tasks", tuple(args.tasks) if args.tasks else None), ("seed", getattr(args, "seed", None)),
+        ("cache_dir", args.cache_dir), ("batch_size", args.batch_size),
+        ("num_threads", args.num_threads)) if v is not None}})
+
+
+def _cmd_demo(args) -> int:
     from .train.demo import DEMO_DEFAULTS, run_demo
 
     try:
-        base = TrainConfig(**{**DEMO_DEFAULTS, **{k: v for k, v in (
-            ("n_train", args.n_train), ("n_val", args.n_val), ("epochs", args.epochs), ("width", args.width),
-            ("size", tuple(args.size) if args.size else None), ("backbone", args.backbone),
-            ("tasks", tuple(args.tasks) if args.tasks else None), ("seed", args.seed),
-            ("cache_dir", args.cache_dir), ("batch_size", args.batch_size),
-            ("num_threads", args.num_threads)) if v is not None}})
-        results = run_demo(args.out_dir, methods=args.methods, base=base, quiet=args.quiet,
-                           timing_steps=args.timing_steps)
+        results = run_demo(args.out_dir, methods=args.methods, base=_demo_config(args, DEMO_DEFAULTS),
+                           quiet=args.quiet, timing_steps=args.timing_steps)
     except (ValueError, FileNotFoundError) as e:
         return _fail("demo", e)
     print(f"demo finished in {results['wall_seconds']:.0f} s; report: {args.out_dir}/report.md")
     return 0
+
+
+def _cmd_study(args) -> int:
+    from .train.demo import DEMO_DEFAULTS
+    from .train.study import STUDY_DEFAULTS, run_study
+
+    try:
+        base = _demo_config(args, {**DEMO_DEFAULTS, "epochs": STUDY_DEFAULTS["epochs"]})
+        data = run_study(args.out_dir, seeds=args.seeds, methods=args.methods, base=base, quiet=args.quiet,
+                         overwrite=args.overwrite, command=args.command_line)
+    except (ValueError, FileNotFoundError) as e:
+        return _fail("study", e)
+    print(f"study of {len(data['methods'])} method(s) x {len(data['seeds'])} seed(s) written: {args.out_dir}/study.md")
+    return 0
+
+
+def _add_demo_arguments(p, defaults: dict) -> None:
+    """The options demo and study share: which methods, and the data and budget (defaults: the demo's)."""
+    p.add_argument("--methods", nargs="+", help="default: single_task, shared and every registered method")
+    p.add_argument("--tasks", nargs="+", help="default: semseg depth normals edges")
+    p.add_argument("--n-train", type=int, help=f"training images (default {defaults['n_train']})")
+    p.add_argument("--n-val", type=int, help=f"validation images (default {defaults['n_val']})")
+    p.add_argument("--epochs", type=int, help=f"epochs per training phase (default {defaults['epochs']})")
+    p.add_argument("--batch-size", type=int, help=f"default {defaults['batch_size']}")
+    p.add_argument("--width", type=int, help=f"backbone width (default {defaults['width']})")
+    p.add_argument("--backbone", help=f"default {defaults['backbone']}")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                   help=f"image size (default {' '.join(map(str, defaults['size']))})")
+    p.add_argument("--cache-dir", help="where the synthetic scenes are cached")
+    p.add_argument("--num-threads", type=int, help="torch CPU threads (default: 1 when the machine is busy)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
 
 def _add_train_arguments(p) -> None:
@@ -342,28 +380,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", help="where the PNGs go (default: current folder)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize the image first")
     p.set_defaults(func=_cmd_predict)
+    from .train.demo import DEMO_DEFAULTS, TIMING_STEPS
+    from .train.study import STUDY_DEFAULTS
+
     p = sub.add_parser("demo", help="train and compare every method on the synthetic scenes; write a report")
-    p.add_argument("--out-dir", default="mtl_ops_demo")
-    p.add_argument("--methods", nargs="+", help="default: single_task, shared and every registered method")
-    p.add_argument("--tasks", nargs="+")
-    p.add_argument("--n-train", type=int)
-    p.add_argument("--n-val", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--width", type=int)
-    p.add_argument("--backbone")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"))
-    p.add_argument("--seed", type=int)
-    p.add_argument("--cache-dir")
-    p.add_argument("--timing-steps", type=int, default=3)
-    p.add_argument("--num-threads", type=int, help="torch CPU threads (default: 1 when the machine is busy)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out-dir", default="mtl_ops_demo", help="default mtl_ops_demo")
+    _add_demo_arguments(p, DEMO_DEFAULTS)
+    p.add_argument("--seed", type=int, help="default 0")
+    p.add_argument("--timing-steps", type=int, default=TIMING_STEPS,
+                   help=f"alternated training steps per backend when timing a step (default {TIMING_STEPS})")
     p.set_defaults(func=_cmd_demo)
+    study_defaults = {**DEMO_DEFAULTS, "epochs": STUDY_DEFAULTS["epochs"]}
+    p = sub.add_parser("study", help="every method with several seeds at a larger budget: mean ± standard deviation "
+                                     "of each metric and of Δm, per-seed spread plots (resumable)")
+    p.add_argument("--out-dir", default="mtl_ops_study",
+                   help="default mtl_ops_study; a study stopped part-way continues there, skipping finished runs")
+    p.add_argument("--seeds", type=int, default=STUDY_DEFAULTS["seeds"],
+                   help=f"number of seeds: 0 ... N-1 (default {STUDY_DEFAULTS['seeds']})")
+    _add_demo_arguments(p, study_defaults)
+    p.add_argument("--overwrite", action="store_true",
+                   help="train every run again, also those finished in --out-dir (needed to change the budget of a "
+                        "study there)")
+    p.set_defaults(func=_cmd_study)
     return parser
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["mtl-ops"] + argv)  # what a report records as the command that made it
     return args.func(args)
 
 

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
+from .curves import CURVES_FILE, write_curves
 from .epoch import NonFiniteLossError, flip_batches, run_epoch, seed_epoch
 from .evaluation import validation_metrics
 from .loading import build_datasets, make_loader
@@ -311,8 +312,20 @@ class Trainer:
         except BaseException:
             self.run_dir.discard_if_empty()
             raise
+        if self.dist.is_main:
+            self._write_curves()
         self.runtime.barrier()
         return result
+
+    def _write_curves(self) -> None:
+        """``curves.png`` of the finished run (see :mod:`mtl_ops.train.curves`). Without matplotlib the run still
+        succeeds, with a note that names the missing package."""
+        if not self.run_dir.enabled or not (self.run_dir.path / "metrics.jsonl").is_file():
+            return
+        try:
+            write_curves(self.run_dir.path, self.config.method)
+        except ImportError as e:
+            print(f"[{self.config.method}] {CURVES_FILE} not written: {e}", file=sys.stderr, flush=True)
 
     def train_epochs(self, epochs: int, phase: str = "train") -> None:
         """Plain epochs up to ``epochs`` completed ones: evaluation every ``eval_every`` epochs and after the last,
