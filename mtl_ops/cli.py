@@ -366,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
                         " (other flags that differ from the run are refused, listed)")
     p.add_argument("--overwrite", action="store_true",
                    help="allow a new run into an --out-dir that already holds files: the run replaces config.json, "
-                        "metrics.jsonl/.csv and last.pt there (other files stay)")
+                        "metrics.jsonl/.csv, last.pt and curves.png there (other files stay)")
     p.set_defaults(func=_cmd_train)
     p = sub.add_parser("eval", help="validation metrics of a checkpoint")
     p.add_argument("checkpoint")

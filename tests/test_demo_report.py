@@ -9,7 +9,7 @@ from matplotlib.image import imread
 
 from mtl_ops.train import TrainConfig
 from mtl_ops.train.demo import run_demo
-from mtl_ops.train.report import delta_m
+from mtl_ops.train.report import adashare_section, delta_m
 from train_helpers import CACHE
 
 TASKS = ("semseg", "depth", "edges")
@@ -109,3 +109,13 @@ def test_adashare_policy_and_figures(demo):
                                                                if m != "trivial"]:
         assert imread(out / figure).ndim == 3, figure
     assert json.loads((out / "metrics.json").read_text())["timing_steps"] == 2
+
+
+def test_adashare_section_without_learned_probabilities(tmp_path):
+    """A results entry without ``adashare_execute_probabilities`` (a schedule that keeps none): the sampled policy
+    alone, in the table and in the figure."""
+    entry = {"adashare_policy": "task | 1 2\nsemseg | 1 0", "adashare_tasks": ["semseg"],
+             "adashare_sampled_policy": [[1, 0]]}
+    text = "\n".join(adashare_section(tmp_path, "adashare", entry))
+    assert "Learned execute probabilities" not in text and entry["adashare_policy"] in text
+    assert "![AdaShare policy](adashare_policy.png)" in text and imread(tmp_path / "adashare_policy.png").ndim == 3

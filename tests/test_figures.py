@@ -1,4 +1,6 @@
 """The report figures: labels read from the matplotlib figure objects before they are saved (not from pixels)."""
+import json
+
 import numpy as np
 import pytest
 from matplotlib.collections import PathCollection
@@ -89,11 +91,12 @@ def test_curves_mark_each_phase_where_it_first_starts():
     rows = [{"phase": phase, "epoch": epoch, "train_loss": {"total": 1.0 / epoch, "semseg": 0.5 / epoch}}
             for epoch, phase in enumerate(["warmup", "weights", "policy", "weights", "policy", "retrain"], 1)]
     rows[-1]["val"] = {"semseg": {"mIoU": 12.0, "pixel_acc": 50.0}}
-    rows.append({"phase": "report", "epoch": 6, "comparison": {}})  # a row without losses is not a point
+    rows.append({"phase": "report", "epoch": 6, "comparison": {}})  # neither a loss nor a metric
+    rows.append({"phase": "evaluation", "epoch": 7, "val": {"semseg": {"mIoU": 14.0, "pixel_acc": 55.0}}})
     loss, metrics, phases = series(rows)
     assert phases == [(0, "warmup"), (1, "weights"), (2, "policy"), (5, "retrain")]
     assert list(loss) == ["total", "semseg"] and len(loss["total"]) == 6
-    assert metrics == {"semseg": [(6, 12.0)]}
+    assert metrics == {"semseg": [(6, 12.0), (7, 14.0)]}
     texts = figure_texts(run_curves_figure(rows))
     assert {"warmup", "weights", "policy", "retrain"} <= set(texts)
 
@@ -121,5 +124,9 @@ def test_pdf_heat_map_from_the_schedule_is_labelled(tmp_path, monkeypatch):
                                           "max_fusions": 1})).fit()
     (texts, path), = drawn
     assert path.name == "pdf_similarity_stage0.png"
+    # its phases log no validation metrics: the trainer logs the final ones, and curves.png shows them
+    last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["phase"] == "evaluation" and set(last["val"]) == set(tasks)
+    assert (tmp_path / CURVES_FILE).is_file()
     assert set(tasks) <= set(texts) and "debiased linear CKA" in texts and "1.00" in texts
     assert any(t.startswith("PDF decoder stage 0") for t in texts)

@@ -31,19 +31,21 @@ def read_rows(folder: Union[str, Path]) -> List[Dict]:
 
 def series(rows: Sequence[Dict], tasks: Optional[Sequence[str]] = None):
     """(loss {name: [(epoch, value)]}, metrics {task: [(epoch, key metric)]}, phases [(start epoch, name)]) of
-    log ``rows``. A phase is marked at the start of the first epoch it logs."""
+    log ``rows``: losses from the training epochs' rows, metrics from every row with validation metrics (also the
+    trainer's final ``evaluation`` row). A phase is marked at the start of the first epoch it logs."""
     loss: Dict[str, List[Tuple[float, float]]] = {}
     metrics: Dict[str, List[Tuple[float, float]]] = {}
     phases: List[Tuple[float, str]] = []
     for row in rows:
         epoch = row.get("epoch")
-        if epoch is None or "train_loss" not in row:
+        if epoch is None:
             continue
-        phase = row.get("phase", "train")
-        if phase not in [name for _, name in phases]:
-            phases.append((epoch - 1, phase))
-        for name, value in row["train_loss"].items():
-            loss.setdefault(name, []).append((epoch, value))
+        if "train_loss" in row:
+            phase = row.get("phase", "train")
+            if phase not in [name for _, name in phases]:
+                phases.append((epoch - 1, phase))
+            for name, value in row["train_loss"].items():
+                loss.setdefault(name, []).append((epoch, value))
         for task, values in (row.get("val") or {}).items():
             if (tasks is None or task in tasks) and task in DEFAULT_KEY_SPEC:
                 metrics.setdefault(task, []).append((epoch, values[key_metric(task)[0]]))
