@@ -309,7 +309,7 @@ class Trainer:
             else:
                 self.wrap_ddp()
                 self.train_epochs(self.config.epochs)
-            result = self.evaluate() if self.dist.is_main else {}
+            result = self._final_metrics() if self.dist.is_main else {}
         except BaseException:
             self.run_dir.discard_if_empty()
             raise
@@ -319,6 +319,15 @@ class Trainer:
             self._write_curves()
         self.runtime.barrier()
         return result
+
+    def _final_metrics(self) -> Dict[str, Dict]:
+        """The trained model's validation metrics: those of the last log row when it evaluated this model after the
+        last epoch on every task (plain epochs and AdaShare's re-training do; evaluating again would give the same
+        numbers), else a new evaluation."""
+        last = self.history[-1] if self.history else {}
+        if last.get("epoch") == self.epoch and set(last.get("val", {})) == set(self.tasks):
+            return last["val"]
+        return self.evaluate()
 
     def _write_curves(self) -> None:
         """``curves.png`` of the finished run (see :mod:`mtl_ops.train.curves`). Without matplotlib the run still
