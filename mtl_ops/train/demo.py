@@ -35,8 +35,11 @@ DEMO_SCHEDULES = {
 DEMO_DEFAULTS = {"n_train": 384, "n_val": 96, "epochs": 3, "size": (64, 84), "backbone": "resnet18", "width": 16,
                  "batch_size": 16}
 DEMO_ORDER = ("single_task", "shared")
-#: alternated training steps per setting when timing a model's step (see mtl_ops.train.step_timing)
-TIMING_STEPS = 8
+#: alternated training steps per setting when timing a model's step (see mtl_ops.train.step_timing). Measured with
+#: benchmarks/demo_timing_stability.py (2-core AMD EPYC, load average 3-7, 2026-11-30): over 4 repeats the median
+#: ratio of ctal / etr_nlp / medusa ranged 0.15 / 0.06 / 0.38 with 3 steps (medusa's from 0.87 to 1.25), 0.06 /
+#: 0.04 / 0.02 with 6 and 0.03 / 0.07 / 0.02 with 10
+TIMING_STEPS = 6
 
 
 def demo_methods(methods: Optional[Sequence[str]] = None) -> list:
