@@ -298,7 +298,7 @@ class Trainer:
 
     def fit(self) -> Dict[str, Dict]:
         """Train with the method's schedule (or plain epochs) and return the final validation metrics (logged as a
-        row of phase ``evaluation`` when the schedule's last row lacks them), then draw ``curves.png``. A run
+        row of phase ``evaluation`` unless the last row holds them), then draw ``curves.png``. A run
         that fails before writing anything leaves no output folder behind."""
         try:
             if self.schedule is not None:
@@ -314,7 +314,7 @@ class Trainer:
             self.run_dir.discard_if_empty()
             raise
         if self.dist.is_main:
-            if self.history and "val" not in self.history[-1]:  # a schedule that did not log its final metrics
+            if self.history and self.history[-1].get("val") is not result:  # the final metrics, unless logged
                 self.log({"phase": "evaluation", "epoch": self.epoch, "step": self.step, "val": result})
             self._write_curves()
         self.runtime.barrier()
