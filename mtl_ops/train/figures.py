@@ -7,7 +7,7 @@ part of the ``train`` extra (``pip install 'mtl_ops[train]'``) and is imported o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
