@@ -124,8 +124,8 @@ def test_pdf_schedule_saves_grouping_similarity_and_heatmap(tmp_path, threshold,
     s = torch.tensor(steps[0]["similarity"])
     assert s.shape == (3, 3) and torch.allclose(s, s.T, atol=1e-5)
     assert torch.allclose(s.diagonal(), torch.ones(3), atol=1e-4)
-    with Image.open(tmp_path / "pdf_similarity_stage0.png") as im:
-        assert (im.format, im.mode, im.size) == ("PNG", "RGB", (72, 72))
+    with Image.open(tmp_path / "pdf_similarity_stage0.png") as im:  # its labels: tests/test_figures.py
+        assert (im.format, im.mode) == ("PNG", "RGBA") and min(im.size) > 100
     if expect_fused:  # a threshold below any value: fewest groups, i.e. everything fused at stage 0
         assert steps[0]["groups"] == [list(tasks)] and steps[0]["fused"]
         assert trainer.net.groupings[0] == (tasks,)

@@ -141,9 +141,10 @@ def test_output_files_are_created_0644(tmp_path):
     finally:
         os.umask(previous)
     for path in (out / "last.pt", out / "config.json", out / "metrics.jsonl", out / "metrics.csv",
-                 tmp_path / "image.png"):
+                 out / "curves.png", tmp_path / "image.png"):
         assert oct(path.stat().st_mode & 0o777) == oct(0o644), path
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "last.pt", "metrics.csv", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "curves.png", "last.pt", "metrics.csv",
+                                                     "metrics.jsonl"]
 
 
 # ---------------------------------------------------------------------------------------------- non-finite losses
