@@ -11,6 +11,7 @@ import torch
 
 from ..metrics import METRIC_DIRECTIONS, default_spec, delta_m_report
 from ..metrics.edges import DEFAULT_MAX_DIST, tolerance_pixels
+from ..nn.adashare_policy import probability_table
 from ..utils.png import write_png
 from .inference import image_to_rgb, prediction_images, target_images
 
@@ -97,8 +98,11 @@ def write_report(out_dir, results: Dict, trainers: Dict, val_set, num_classes: i
                          f"{f * 1e3:.0f} | {r * 1e3:.0f} | {r / f:.2f} |")
     for name, entry in methods.items():
         if "adashare_policy" in entry:
-            lines += ["", f"## AdaShare policy ({name}; 1 = execute, 0 = skip)", "", "```",
-                      entry["adashare_policy"], "```"]
+            lines += ["", f"## AdaShare policy ({name})", "",
+                      "Learned execute probabilities (softmax of the policy logits) per task and block:", "", "```",
+                      probability_table(entry["adashare_execute_probabilities"], entry["adashare_tasks"]), "```",
+                      "", "The hard policy the re-training used, sampled from them (1 = execute, 0 = skip):", "",
+                      "```", entry["adashare_policy"], "```"]
         if "pdf_steps" in entry:
             lines += ["", f"## PDF schedule ({name})", ""]
             for step in entry["pdf_steps"]:
