@@ -75,7 +75,7 @@ def test_a_new_run_into_a_folder_with_another_run_needs_overwrite(tmp_path, caps
     first = (out / "last.pt").read_bytes()
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert f"out_dir: {out} already holds files (config.json, last.pt, metrics.csv, metrics.jsonl)" in err
+    assert f"out_dir: {out} already holds files (config.json, curves.png, last.pt, metrics.csv, metrics.jsonl)" in err
     assert "--overwrite" in err and (out / "last.pt").read_bytes() == first
     assert main(argv + ["--overwrite", "--seed", "1"]) == 0
     assert [r["epoch"] for r in _rows(out)] == [1]  # the log starts afresh

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from ..info import source_commit
 from ..metrics import DEFAULT_KEY_SPEC, METRIC_DIRECTIONS
 from ..utils.files import atomic_write_text
 from .figures import metric_label, save_figure, spread_figure
@@ -143,13 +144,11 @@ def markdown(data: Dict) -> str:
 
 def write_study_report(out_dir, config: Dict, methods: Sequence[str], seeds: Sequence[int], results: Sequence[Dict],
                        trivial: Dict, command: Optional[str] = None) -> Dict:
-    from ..bench.runner import _commit
-
     out_dir = Path(out_dir)
     tasks = list(config["tasks"])
     summary = summarize(methods, results, tasks)
     data = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "commit": _commit(), "machine": machine(), "command": command, "config": config,
+            "commit": source_commit(), "machine": machine(), "command": command, "config": config,
             "methods": list(methods), "seeds": list(seeds), "trivial": trivial, "runs": list(results),
             "summary": summary}
     save_figure(spread_figure(spread_panels(summary, tasks, trivial), title=f"{len(seeds)} seed(s), {config['epochs']} epoch(s) per phase"),
