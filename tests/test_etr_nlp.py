@@ -80,6 +80,19 @@ def test_primitives_are_seeded():
     assert torch.equal(a.primitive0, b.primitive0) and not torch.equal(a.primitive0, c.primitive0)
 
 
+def test_sharing_ratio_one_shares_every_channel():
+    # no task-specific channel: the task weights are empty and the routes differ only in their BatchNorms
+    block = ETRNLPConv(8, 10, T, sharing_ratio=1.0)
+    assert (block.shared_channels, block.task_channels) == (10, 0) and block.w_task.numel() == 0
+    x = torch.randn(B, 8, 9, 7).repeat(T, 1, 1, 1).requires_grad_()
+    y = block.routed(x).reshape(T, B, 10, 9, 7)
+    assert all(torch.equal(y[t], y[0]) for t in range(1, T))
+    block(x).square().mean().backward()
+    assert block.w_shared.grad.abs().sum() > 0 and x.grad.abs().sum() > 0
+    net = ETRNLPNet({"a": 3, "b": 1}, "resnet10", width=8, sharing_ratio=1.0)
+    assert net(torch.randn(2, 3, 32, 40))["a"].shape == (2, 3, 32, 40)
+
+
 @pytest.mark.parametrize("ratio", [0.0, -0.5, 1.5])
 def test_bad_sharing_ratio(ratio):
     with pytest.raises(ValueError, match=r"sharing_ratio must be in \(0, 1\], got"):

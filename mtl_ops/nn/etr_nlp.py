@@ -87,7 +87,8 @@ class ETRNLPConv(nn.Module):
     def reset_parameters(self) -> None:
         """PyTorch's Conv2d init for the learnable 1×1 and the task convs."""
         for w, b in ((self.w_shared, self.b_shared), (self.w_task, self.b_task)):
-            fan_in = w[0].numel() if w.dim() == 4 else w[0, 0].numel()
+            # the fan-in from the shape, not from an element: at sharing_ratio 1 the task weights are empty
+            fan_in = w.shape[-3] * w.shape[-2] * w.shape[-1]
             bound = 1 / math.sqrt(max(fan_in, 1))
             nn.init.uniform_(w, -bound, bound)
             nn.init.uniform_(b, -bound, bound)
