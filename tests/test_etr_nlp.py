@@ -169,6 +169,20 @@ def test_network_forward_and_parameter_accounting(head, shape):
     assert net.frozen_parameters() + learnable > plain
 
 
+def test_network_primitives_follow_the_run_seed_unless_fixed():
+    # a seed study must vary the frozen primitives with the run's seed, as it varies the learnable weights
+    def primitives(torch_seed, **kw):
+        torch.manual_seed(torch_seed)
+        net = ETRNLPNet({"a": 3, "b": 1}, "resnet10", width=8, **kw)
+        return [b.clone() for m in net.modules() if isinstance(m, ETRNLPConv) for b in m.frozen if b.numel()]
+
+    same, other = primitives(1), primitives(2)
+    assert all(torch.equal(a, b) for a, b in zip(primitives(1), same))
+    assert not any(torch.equal(a, b) for a, b in zip(same, other))
+    fixed = primitives(1, seed=5)
+    assert all(torch.equal(a, b) for a, b in zip(primitives(2, seed=5), fixed))
+
+
 def test_module_linear_fast_path_matches_the_fused_op():
     prims = ("dw_conv", "dilated_dw_conv", "noise", "avg_pool", ("shift", 1, -1))
     general = ETRNLPConv(6, 8, 2, primitives=prims, stride=2, seed=3)
@@ -207,3 +221,17 @@ def test_dense_heads_read_the_decoder_map(decoder, stride):
 def test_bad_decoder():
     with pytest.raises(ValueError, match=r"ETRNLPNet: decoder must be one of \('fpn', 'none'\), got 'aspp'"):
         ETRNLPNet({"a": 3}, "resnet10", width=8, decoder="aspp")
+
+
+def test_trainer_seed_draws_the_primitives():
+    from train_helpers import tiny_config
+
+    from mtl_ops.train import Trainer
+
+    def primitives(seed):
+        net = Trainer(tiny_config(method="etr_nlp", tasks=("semseg", "depth"), seed=seed)).net
+        return [b for m in net.modules() if isinstance(m, ETRNLPConv) for b in m.frozen if b.numel()]
+
+    first = primitives(0)
+    assert all(torch.equal(a, b) for a, b in zip(primitives(0), first))
+    assert not any(torch.equal(a, b) for a, b in zip(primitives(1), first))

@@ -12,7 +12,9 @@ T task routes stacked along the batch after the (shared, unconverted) stem, and 
     pool + linear; ``forward(images) -> {task: (B, out)}`` logits;
   * options: width (backbone base width, 32), output_stride (32; dilated stages are not converted),
     sharing_ratio (0.9), primitives, exclude (("stem",)), head_channels (64; also the FPN decoder's
-    channels), decoder ("fpn"), seed, backend.
+    channels), decoder ("fpn"), seed (of the frozen primitives; None, the default: drawn from torch's global
+    generator, so the primitives are part of a seeded run's random draw — the trainer seeds that generator from
+    the run's seed before it builds the network — as the learnable weights are), backend.
 No deep supervision. ``learnable_parameters()`` / ``frozen_parameters()`` give the parameter accounting.
 """
 from __future__ import annotations
@@ -37,7 +39,7 @@ class ETRNLPNet(nn.Module):
     def __init__(self, tasks: dict[str, int], backbone: str = "resnet18", *, head: str = "dense", width: int = 32,
                  output_stride: int = 32, sharing_ratio: float = 0.9, primitives: Sequence = DEFAULT_PRIMITIVES,
                  exclude: Sequence[str] = ("stem",), head_channels: int = 64, decoder: str = "fpn",
-                 seed: int = 0, backend: str | None = None):
+                 seed: int | None = None, backend: str | None = None):
         super().__init__()
         tasks = check_task_channels(tasks, "ETRNLPNet")
         if head not in ("dense", "classification"):
@@ -50,6 +52,9 @@ class ETRNLPNet(nn.Module):
             raise ValueError(f"ETRNLPNet: backbone must be one of the package's ResNets {RESNETS} (their 3x3 convs "
                              f"are converted), got {backbone!r}")
         self.backbone = build_backbone(backbone, width=width, output_stride=output_stride)
+        if seed is None:
+            seed = int(torch.randint(0, 2 ** 31 - 1, ()).item())
+        self.primitive_seed = seed
         self.converted = convert_to_etr_nlp(self.backbone, len(self.tasks), sharing_ratio=sharing_ratio,
                                             primitives=primitives, exclude=exclude, seed=seed, backend=backend)
         c = self.backbone.channels[-1]
