@@ -51,3 +51,24 @@ def _run_pdf_own_loop(tmp_path, monkeypatch, capsys):
     runpy.run_path(str(ROOT / "python" / "pdf_own_loop.py"), run_name="__main__")
     out = capsys.readouterr().out
     assert "groups:" in out and "delta_m of the fused network" in out and "mIoU" in out
+
+
+def test_etr_nlp_ablation(tmp_path, monkeypatch, capsys):
+    import json
+
+    config = {"n_train": 16, "n_val": 8, "size": [32, 40], "width": 8, "batch_size": 8, "epochs": 1,
+              "tasks": ["semseg", "depth"], "num_threads": 1, "cache_dir": str(tmp_path)}
+    results = tmp_path / "runs.jsonl"
+    argv = ["etr_nlp_ablation.py", "--variants", "shared", "etr_gamma1.0", "--seeds", "0", "--results", str(results),
+            "--config", json.dumps(config)]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(ROOT / "python" / "etr_nlp_ablation.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(r["variant"], r["seed"]) for r in rows] == [("shared", 0), ("etr_gamma1.0", 0)]
+    assert rows[1]["config"]["method_options"] == {"sharing_ratio": 1.0} and rows[1]["config"]["n_train"] == 16
+    assert "| etr_gamma1.0 | 0 |" in out and "Δm vs shared" in out and "+0.0%" in out  # shared against itself
+    # a second call trains nothing again: the finished runs are read back
+    runpy.run_path(str(ROOT / "python" / "etr_nlp_ablation.py"), run_name="__main__")
+    assert "[ablation]" not in capsys.readouterr().out
+    assert len(results.read_text().splitlines()) == 2
