@@ -34,6 +34,11 @@ VARIANTS = {
                                                                  "avg_pool", "max_pool"]}},
     # the three parameter-free primitives only: no random filter
     "etr_pool_prims": {**ETR, "method_options": {"primitives": ["noise", "avg_pool", "max_pool"]}},
+    # every block's learnable 1x1 recombines all k*C_in primitive responses (default: groups = gcd(C_in, C_sh),
+    # 1 to C_in depending on the widths and the sharing ratio)
+    "etr_groups1": {**ETR, "method_options": {"groups": 1}},
+    "etr_gamma0.5_groups1": {**ETR, "method_options": {"sharing_ratio": 0.5, "groups": 1}},
+    "etr_gamma1.0_groups1": {**ETR, "method_options": {"sharing_ratio": 1.0, "groups": 1}},
     "etr_lr5e-4": {**ETR, "lr": 5e-4},
     "etr_lr5e-3": {**ETR, "lr": 5e-3},
     "shared_epochs9": {"method": "shared", "epochs": 9},

@@ -152,6 +152,20 @@ def test_convert_replaces_3x3_convs_except_the_stem():
     assert len(convert_to_etr_nlp(kept, 2, exclude=("stem", "stages.3"))) == 6
 
 
+def test_convert_groups_option():
+    # default: each block's gcd(C_in, C_sh), which varies with the widths (16 -> 14 shared: 2; 32 -> 57: 1)
+    default = ResNetBackbone(10, width=16)
+    convert_to_etr_nlp(default, 2)
+    assert [m.groups for m in default.modules() if isinstance(m, ETRNLPConv)] == [2, 2, 4, 4, 1, 1, 1, 1]
+    dense = ResNetBackbone(10, width=16)
+    convert_to_etr_nlp(dense, 2, groups=1)
+    assert {m.groups for m in dense.modules() if isinstance(m, ETRNLPConv)} == {1}
+    net = ETRNLPNet({"a": 3, "b": 1}, "resnet10", width=8, groups=1)
+    assert net(torch.randn(2, 3, 32, 40))["a"].shape == (2, 3, 32, 40)
+    with pytest.raises(ValueError, match=r"groups=3 must divide in_channels=16"):
+        convert_to_etr_nlp(ResNetBackbone(10, width=16), 2, groups=3)
+
+
 @pytest.mark.parametrize("head, shape", [("dense", (2, 3, 32, 40)), ("classification", (2, 3))])
 def test_network_forward_and_parameter_accounting(head, shape):
     torch.manual_seed(0)

@@ -11,8 +11,9 @@ T task routes stacked along the batch after the (shared, unconverted) stem, and 
   * head="classification" (image-level multi-label, e.g. one CelebA attribute per task): global average
     pool + linear; ``forward(images) -> {task: (B, out)}`` logits;
   * options: width (backbone base width, 32), output_stride (32; dilated stages are not converted),
-    sharing_ratio (0.9), primitives, exclude (("stem",)), head_channels (64; also the FPN decoder's
-    channels), decoder ("fpn"), seed (of the frozen primitives; None, the default: drawn from torch's global
+    sharing_ratio (0.9), primitives, groups (of the blocks' learnable 1×1; None: each block's gcd of its input
+    and shared channels, see ``convert_to_etr_nlp``), exclude (("stem",)), head_channels (64; also the FPN
+    decoder's channels), decoder ("fpn"), seed (of the frozen primitives; None, the default: drawn from torch's global
     generator, so the primitives are part of a seeded run's random draw — the trainer seeds that generator from
     the run's seed before it builds the network — as the learnable weights are), backend.
 No deep supervision. ``learnable_parameters()`` / ``frozen_parameters()`` give the parameter accounting.
@@ -38,6 +39,7 @@ DECODERS = ("fpn", "none")
 class ETRNLPNet(nn.Module):
     def __init__(self, tasks: dict[str, int], backbone: str = "resnet18", *, head: str = "dense", width: int = 32,
                  output_stride: int = 32, sharing_ratio: float = 0.9, primitives: Sequence = DEFAULT_PRIMITIVES,
+                 groups: int | None = None,
                  exclude: Sequence[str] = ("stem",), head_channels: int = 64, decoder: str = "fpn",
                  seed: int | None = None, backend: str | None = None):
         super().__init__()
@@ -56,7 +58,8 @@ class ETRNLPNet(nn.Module):
             seed = int(torch.randint(0, 2 ** 31 - 1, ()).item())
         self.primitive_seed = seed
         self.converted = convert_to_etr_nlp(self.backbone, len(self.tasks), sharing_ratio=sharing_ratio,
-                                            primitives=primitives, exclude=exclude, seed=seed, backend=backend)
+                                            primitives=primitives, exclude=exclude, groups=groups, seed=seed,
+                                            backend=backend)
         c = self.backbone.channels[-1]
         # one decoder for all routes: its weights are shared, as the shared baseline's are, and each task's
         # head reads the decoder's output on that task's own route

@@ -22,9 +22,11 @@ def _convertible(conv: nn.Module) -> bool:
 
 def convert_to_etr_nlp(module: nn.Module, tasks: int | Sequence[str], *, sharing_ratio: float = 0.9,
                        primitives: Sequence = DEFAULT_PRIMITIVES, exclude: Sequence[str] = ("stem",),
-                       seed: int = 0, backend: str | None = None) -> list[str]:
+                       groups: int | None = None, seed: int = 0, backend: str | None = None) -> list[str]:
     """Replaces in place; returns the qualified names of the replaced convs. ``exclude``: name prefixes
     left alone (default: the stem). Convs that are dilated, grouped or not 3×3 are left alone too.
+    ``groups``: of every block's learnable 1×1 (None: each block's default, gcd of its input and shared
+    channels, which varies with the layer's widths; 1 recombines all primitive responses in every block).
     Each block gets its own primitive seed (seed + its index), so the blocks' primitives differ."""
     replaced = []
     for name, parent in list(module.named_modules()):
@@ -33,7 +35,8 @@ def convert_to_etr_nlp(module: nn.Module, tasks: int | Sequence[str], *, sharing
             if any(full == e or full.startswith(e + ".") for e in exclude) or not _convertible(child):
                 continue
             block = ETRNLPConv(child.in_channels, child.out_channels, tasks, sharing_ratio, primitives,
-                               stride=child.stride[0], seed=seed + len(replaced), backend=backend)
+                               stride=child.stride[0], groups=groups, seed=seed + len(replaced),
+                               backend=backend)
             setattr(parent, child_name, block)
             if child_name.startswith("conv") and isinstance(getattr(parent, "bn" + child_name[4:], None),
                                                              nn.BatchNorm2d):
