@@ -2,7 +2,7 @@
 sharing ratio, primitive set, learning rate, budget) for the seeds given, one run after another, appends each
 finished run to a JSON-lines file (a run already there is not trained again, so a stopped ablation resumes) and
 prints the key metrics per variant — the mean over the seeds and each seed — with Δm against the shared and the
-single-task baselines where those variants are in the file.
+single-task baselines (their means over the seeds) where those variants are in the file.
 
     python python/etr_nlp_ablation.py --variants shared etr etr_decoder_none --seeds 0 1 --results etr.jsonl
     python python/etr_nlp_ablation.py --list                       # the variants and what each changes
@@ -111,7 +111,9 @@ def table(rows: list, names: list) -> str:
             each = " / ".join(f"{v:.3g}" for v in values)
             cells.append(f"{mean[t][m]:.3g}" + (f" ({each})" if len(values) > 1 else ""))
         spec = {t: {m: DEFAULT_KEY_SPEC[t][m]} for t, m in tasks}
-        cells += [f"{delta_m(mean, base, spec):+.1f}%" for base in baselines.values()]
+        for base in baselines.values():  # Δm of the mean metrics, then of each seed's (its spread)
+            each = " / ".join(f"{delta_m(mean_metrics([r]), base, spec):+.1f}" for r in runs)
+            cells.append(f"{delta_m(mean, base, spec):+.1f}%" + (f" ({each})" if len(runs) > 1 else ""))
         cells += [f"{runs[0]['parameters']:,}", f"{sum(r['seconds'] for r in runs) / len(runs):.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -125,6 +127,7 @@ def main(argv=None):
     p.add_argument("--config", default="{}", help="JSON of TrainConfig fields over the demo's (e.g. num_threads)")
     p.add_argument("--extra", nargs="*", help="more variants as NAME=JSON, JSON like the entries of VARIANTS")
     p.add_argument("--list", action="store_true", help="print the variants and exit")
+    p.add_argument("--table-only", action="store_true", help="print the table of the runs in --results, train none")
     args = p.parse_args(argv)
     variants = {**VARIANTS, **parse_extra(args.extra)}
     if args.list:
@@ -136,7 +139,7 @@ def main(argv=None):
         raise SystemExit(f"--variants: unknown {unknown}; known: {sorted(variants)}")
     overrides = json.loads(args.config)
     path = Path(args.results)
-    for seed in args.seeds:
+    for seed in [] if args.table_only else args.seeds:
         for name in args.variants:
             if any(same_run(r, name, make_config(variants[name], seed, overrides)) for r in load(path)):
                 continue  # trained before with this configuration
