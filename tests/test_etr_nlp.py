@@ -7,7 +7,7 @@ from rpg_cases import make_case
 
 from mtl_ops.models import ETRNLPNet
 from mtl_ops.models.backbones import ResNetBackbone
-from mtl_ops.nn import ETRNLPConv, convert_to_etr_nlp
+from mtl_ops.nn import ETRNLPConv, RouteBatchNorm2d, convert_to_etr_nlp
 from mtl_ops.ops import routed_primitive_gather, routed_primitive_gather_linear
 
 T, B = 3, 2
@@ -150,6 +150,42 @@ def test_convert_replaces_3x3_convs_except_the_stem():
     assert isinstance(net.stages[0][0].bn1, torch.nn.Identity)
     kept = ResNetBackbone(10, width=8)
     assert len(convert_to_etr_nlp(kept, 2, exclude=("stem", "stages.3"))) == 6
+
+
+def test_route_batchnorm_is_one_batchnorm_per_route_pass():
+    torch.manual_seed(0)
+    plain = torch.nn.BatchNorm2d(5)
+    with torch.no_grad():
+        plain.weight.uniform_(0.5, 1.5), plain.bias.uniform_(-1, 1)
+    routed = RouteBatchNorm2d.from_batchnorm(plain, 3)
+    assert set(routed.state_dict()) == set(plain.state_dict())
+    x = torch.randn(3 * 4, 5, 6, 7) * torch.arange(1.0, 4.0).repeat_interleave(4)[:, None, None, None]
+    y = routed(x)
+    expected = torch.cat([plain(c) for c in x.chunk(3)])  # three passes, one route each
+    assert_close(y, expected, torch.float32, "reduction")
+    assert_close(routed.running_mean, plain.running_mean, torch.float32, "reduction")
+    assert_close(routed.running_var, plain.running_var, torch.float32, "reduction")
+    routed.eval(), plain.eval()
+    assert torch.equal(routed(x), plain(x))
+    with pytest.raises(ValueError, match=r"the batch \(10 rows\) must split into num_routes = 3"):
+        routed.train()(x[:10])
+    with pytest.raises(ValueError, match=r"num_routes must be a positive int, got 0"):
+        RouteBatchNorm2d(5, 0)
+
+
+def test_a_task_loss_reaches_no_other_task_private_weights():
+    # explicit routing: task a's loss trains the shared weights and a's own, never b's; the BatchNorms that the
+    # routes share (the shortcuts', the decoder's) must not mix the routes' batch statistics
+    torch.manual_seed(0)
+    net = ETRNLPNet({"a": 3, "b": 1}, "resnet10", width=8).train()
+    net(torch.randn(4, 3, 32, 40))["a"].square().mean().backward()
+    blocks = [m for m in net.modules() if isinstance(m, ETRNLPConv)]
+    assert all(m.w_task.grad[0].abs().sum() > 0 for m in blocks)
+    assert all(not m.w_task.grad[1].any() and not m.b_task.grad[1].any() for m in blocks)
+    assert all(m.bn.bns[1].weight.grad is None or not m.bn.bns[1].weight.grad.any() for m in blocks)
+    routed = [n for n, m in net.named_modules() if isinstance(m, RouteBatchNorm2d)]
+    assert routed == ["backbone.stages.1.0.shortcut.1", "backbone.stages.2.0.shortcut.1",
+                      "backbone.stages.3.0.shortcut.1", "decoder.smooth.1"]
 
 
 def test_convert_groups_option():

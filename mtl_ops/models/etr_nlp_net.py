@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.etr_nlp import frozen_parameters, learnable_parameters
-from ..nn.etr_nlp_convert import convert_to_etr_nlp
+from ..nn.etr_nlp_convert import convert_to_etr_nlp, route_batchnorms
 from ..nn.etr_nlp_primitives import DEFAULT_PRIMITIVES
 from ..nn.task_names import check_task_channels
 from .backbones import RESNETS, build_backbone
@@ -66,6 +66,7 @@ class ETRNLPNet(nn.Module):
         self.decoder = FPNDecoder(list(self.backbone.channels), head_channels) \
             if head == "dense" and decoder == "fpn" else None
         if self.decoder is not None:
+            route_batchnorms(self.decoder, len(self.tasks))  # it runs on the stacked routes too
             c = head_channels
         if head == "dense":
             self.heads = nn.ModuleDict({t: nn.Sequential(

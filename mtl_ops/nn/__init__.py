@@ -2,10 +2,10 @@
 over several tasks take and return dicts keyed by task name."""
 # common blocks
 from .blocks import BasicBlock, Bottleneck
-from .task_batchnorm import TaskBatchNorm2d
+from .task_batchnorm import RouteBatchNorm2d, TaskBatchNorm2d
 from .task_names import check_task_channels, check_task_names
 
-__all__ = ["BasicBlock", "Bottleneck", "TaskBatchNorm2d", "check_task_names", "check_task_channels"]
+__all__ = ["BasicBlock", "Bottleneck", "RouteBatchNorm2d", "TaskBatchNorm2d", "check_task_names", "check_task_channels"]
 
 # AdaShare
 from .adashare import TriePlan, shared_block_executions

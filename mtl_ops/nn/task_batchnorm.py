@@ -60,3 +60,38 @@ class TaskBatchNorm2d(nn.Module):
             return bn(x)
         chunks = x.split(x.shape[0] // n)
         return torch.cat([self._bn(t)(c) for t, c in zip(tasks, chunks)])
+
+
+class RouteBatchNorm2d(nn.BatchNorm2d):
+    """One BatchNorm2d (its parameters shared by every route) over ``num_routes`` routes stacked along the batch
+    ((R·B, C, H, W), route r = rows [r·B, (r+1)·B)): in training each route is normalised with its own batch
+    statistics and the running statistics are updated once per route, in order — what R separate forward
+    passes through a plain BatchNorm2d do. A plain BatchNorm2d over the stacked batch would normalise every route
+    with the statistics of all of them, so one route's output, and the gradient of its loss, would depend on the
+    other routes. In eval mode the running statistics are used, as by a plain BatchNorm2d. Parameters, buffers and
+    state_dict keys are those of ``nn.BatchNorm2d``."""
+
+    def __init__(self, num_features: int, num_routes: int, **kwargs):
+        super().__init__(num_features, **kwargs)
+        if isinstance(num_routes, bool) or not isinstance(num_routes, int) or num_routes < 1:
+            raise ValueError(f"RouteBatchNorm2d: num_routes must be a positive int, got {num_routes!r}")
+        self.num_routes = num_routes
+
+    @classmethod
+    def from_batchnorm(cls, bn: nn.BatchNorm2d, num_routes: int) -> "RouteBatchNorm2d":
+        """The same BatchNorm (options, parameters and statistics), route by route."""
+        new = cls(bn.num_features, num_routes, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
+                  track_running_stats=bn.track_running_stats)
+        new.load_state_dict(bn.state_dict())
+        return new.to(device=bn.weight.device if bn.affine else None)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, num_routes={self.num_routes}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] % self.num_routes:
+            raise ValueError(f"RouteBatchNorm2d: the batch ({x.shape[0]} rows) must split into num_routes = "
+                             f"{self.num_routes} equal chunks")
+        if self.num_routes == 1 or not (self.training or not self.track_running_stats):
+            return super().forward(x)
+        return torch.cat([super(RouteBatchNorm2d, self).forward(c) for c in x.chunk(self.num_routes)])
