@@ -1,12 +1,14 @@
 """ETR-NLP's ablations at the demo's data and budget: trains named variants (the baselines, ETR-NLP's decoder,
 sharing ratio, primitive set, learning rate, budget) for the seeds given, one run after another, appends each
 finished run to a JSON-lines file (a run already there is not trained again, so a stopped ablation resumes) and
-prints the key metrics per variant — the mean over the seeds and each seed — with Δm against the shared and the
-single-task baselines (their means over the seeds) where those variants are in the file.
+prints the key metrics per variant — the mean over the seeds and each seed — with Δm against the baselines'
+means over the seeds (``--baselines``, default the single-task and the shared variants) where they are listed.
 
     python python/etr_nlp_ablation.py --variants shared etr etr_decoder_none --seeds 0 1 --results etr.jsonl
     python python/etr_nlp_ablation.py --list                       # the variants and what each changes
-    python python/etr_nlp_ablation.py --variants etr --extra 'etr_k3={"method_options": {"primitives": ["dw_conv", "noise", "max_pool"]}}'
+    python python/etr_nlp_ablation.py --variants shared_epochs9 etr_epochs9 --baselines shared_epochs9
+    python python/etr_nlp_ablation.py --variants etr_k3 \
+        --extra 'etr_k3={"method": "etr_nlp", "method_options": {"primitives": ["dw_conv", "noise", "max_pool"]}}'
 
 The findings and the commands behind them are in docs/methods/etr_nlp.md.
 """
@@ -95,11 +97,11 @@ def mean_metrics(runs: list) -> dict:
             for task, metric in KEYS if task in runs[0]["metrics"]}
 
 
-def table(rows: list, names: list) -> str:
+def table(rows: list, names: list, baseline_names=("single_task", "shared")) -> str:
     by_name = {n: [r for r in rows if r["variant"] == n] for n in names}
     by_name = {n: sorted(rs, key=lambda r: r["seed"]) for n, rs in by_name.items() if rs}
     tasks = [(t, m) for t, m in KEYS if any(t in rs[0]["metrics"] for rs in by_name.values())]
-    baselines = {b: mean_metrics(by_name[b]) for b in ("single_task", "shared") if b in by_name}
+    baselines = {b: mean_metrics(by_name[b]) for b in baseline_names if b in by_name}
     head = ["variant", "seeds"] + [f"{t} {m}" for t, m in tasks] + [f"Δm vs {b}" for b in baselines] + \
         ["learnable params", "s/run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -127,6 +129,8 @@ def main(argv=None):
     p.add_argument("--config", default="{}", help="JSON of TrainConfig fields over the demo's (e.g. num_threads)")
     p.add_argument("--extra", nargs="*", help="more variants as NAME=JSON, JSON like the entries of VARIANTS")
     p.add_argument("--list", action="store_true", help="print the variants and exit")
+    p.add_argument("--baselines", nargs="+", default=["single_task", "shared"],
+                   help="variants to give Δm against, where they are among --variants")
     p.add_argument("--table-only", action="store_true", help="print the table of the runs in --results, train none")
     args = p.parse_args(argv)
     variants = {**VARIANTS, **parse_extra(args.extra)}
@@ -148,7 +152,7 @@ def main(argv=None):
                 f.write(json.dumps(row) + "\n")
             print(f"[ablation] {name} seed {seed}: {row['seconds']:.0f} s", flush=True)
     configs = [(name, make_config(variants[name], seed, overrides)) for seed in args.seeds for name in args.variants]
-    print(table([r for r in load(path) if any(same_run(r, n, c) for n, c in configs)], args.variants))
+    print(table([r for r in load(path) if any(same_run(r, n, c) for n, c in configs)], args.variants, args.baselines))
 
 
 if __name__ == "__main__":
