@@ -93,6 +93,10 @@ class GradientAggregation:
         self._backbone: Optional[nn.Module] = None
         self._hook = None
         self._features: Optional[List[torch.Tensor]] = None
+        # torchjd differentiates the tasks' rows in parallel with torch.vmap, whose batching of the backbone's
+        # backward fails on autocast's mixed dtypes ("expected scalar type BFloat16 but found Float"); under AMP
+        # the rows go one at a time (torchjd's documented remedy)
+        self.chunk_size = 1 if runtime.amp else None
         self.attach(net)
 
     def attach(self, net: nn.Module) -> None:
@@ -134,7 +138,10 @@ class GradientAggregation:
             sum(losses).backward()
             self._sync_grads(params, set())
             return
-        self._autojac.mtl_backward(losses, features=[f for f in features if f.requires_grad], shared_params=shared)
+        # retain_graph: tasks may share layers after the backbone (a shared decoder), which each task's backward
+        # passes through
+        self._autojac.mtl_backward(losses, features=[f for f in features if f.requires_grad], shared_params=shared,
+                                   retain_graph=True, parallel_chunk_size=self.chunk_size)
         for p in shared:
             p.jac.div_(scale)
         shared_ids = {id(p) for p in shared}
