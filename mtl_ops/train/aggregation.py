@@ -51,8 +51,12 @@ REQUIRED_OPTIONS = {"cagrad": ("c",), "fairgrad": ("alpha",)}
 TENSOR_OPTIONS = ("pref_vector", "leak")
 
 
-def _torchjd(module: str, name: str):
-    return require(f"torchjd.{module}", "torchjd", "torchjd", f"weighting={name!r} (a torchjd aggregator)")
+def _aggregation(name: str):
+    return require("torchjd.aggregation", "torchjd", "torchjd", f"weighting={name!r} (a torchjd aggregator)")
+
+
+def _autojac(name: str):
+    return require("torchjd.autojac", "torchjd", "torchjd", f"weighting={name!r} (a torchjd aggregator)")
 
 
 def make_aggregator(name: str, options: Mapping, num_tasks: int):
@@ -60,7 +64,7 @@ def make_aggregator(name: str, options: Mapping, num_tasks: int):
     Nash-MTL's ``n_tasks`` is filled in)."""
     if name not in AGGREGATORS:
         raise ValueError(f"weighting: expected a torchjd aggregator, one of {sorted(AGGREGATORS)}, got {name!r}")
-    cls = getattr(_torchjd("aggregation", name), AGGREGATORS[name])
+    cls = getattr(_aggregation(name), AGGREGATORS[name])
     kwargs = {k: torch.tensor(v, dtype=torch.float32) if k in TENSOR_OPTIONS and isinstance(v, list) else v
               for k, v in options.items()}
     if name == "nashmtl":
@@ -89,7 +93,7 @@ class GradientAggregation:
         self.name, self.method, self.runtime = name, method, runtime
         self.tasks = list(tasks)
         self.aggregator = make_aggregator(name, options, len(self.tasks))
-        self._autojac = _torchjd("autojac", name)
+        self._autojac = _autojac(name)
         self._backbone: Optional[nn.Module] = None
         self._hook = None
         self._features: Optional[List[torch.Tensor]] = None
@@ -111,9 +115,18 @@ class GradientAggregation:
             self._hook.remove()
         self._backbone, self._hook = backbone, backbone.register_forward_hook(self._capture)
 
-    def _capture(self, module, inputs, output) -> None:
-        if torch.is_grad_enabled():
-            self._features = [output] if isinstance(output, torch.Tensor) else list(output)
+    def _capture(self, module, inputs, output):
+        if not torch.is_grad_enabled():
+            return None
+        if isinstance(output, torch.Tensor):
+            self._features = [output]
+            return None
+        # a backbone's maps depend on each other (stage 2 reads stage 1's map): the layers after it read copies,
+        # so that the gradient reaching a map holds only what the layers after the backbone send it, as torchjd's
+        # features must (the gradient reaching the map itself would also hold the path through the later maps,
+        # which the Jacobian over the backbone counts again)
+        self._features = [f.clone() for f in output]
+        return type(output)(self._features)
 
     @staticmethod
     def no_sync(model: nn.Module):
