@@ -506,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
                         " (other flags that differ from the run are refused, listed)")
     p.add_argument("--overwrite", action="store_true",
                    help="allow a new run into an --out-dir that already holds files: the run replaces config.json, "
-                        "metrics.jsonl/.csv, last.pt and curves.png there (other files stay)")
+                        "metrics.jsonl/.csv, last.pt, best.pt and curves.png there (other files stay)")
     p.set_defaults(func=_cmd_train)
     p = command("eval", "validation metrics of a checkpoint")
     p.add_argument("checkpoint", help="a checkpoint written by mtl-ops train (last.pt)")

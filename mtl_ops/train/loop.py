@@ -2,7 +2,10 @@
 :class:`~mtl_ops.train.runtime.Runtime` (device, torchrun's process group, AMP), :mod:`~mtl_ops.train.loading`
 (datasets, seeded loaders), :func:`~mtl_ops.train.epoch.run_epoch` (an epoch's optimisation steps, non-finite
 losses), :func:`~mtl_ops.train.evaluation.validation_metrics`, :class:`~mtl_ops.train.run_dir.RunDirectory`
-(config.json, logs, checkpoints) and :mod:`~mtl_ops.train.resume` (what a resumed run may change). Every seed
+(config.json, logs, checkpoints), :mod:`~mtl_ops.train.resume` (what a resumed run may change),
+:mod:`~mtl_ops.train.optim` and :mod:`~mtl_ops.train.lr_schedule` (the optimiser and its learning-rate schedule),
+:mod:`~mtl_ops.train.best` (``best.pt``), :mod:`~mtl_ops.train.weighting` (loss weightings) and
+:mod:`~mtl_ops.train.aggregation` (torchjd aggregators). Every seed
 comes from :func:`~mtl_ops.train.seeding.derive_seed`: a run resumed from the checkpoint of epoch ``e`` repeats
 epochs ``e+1…`` exactly as the uninterrupted run does.
 
