@@ -89,8 +89,9 @@ class AdaShareNet(nn.Module):
         super().__init__()
         tasks = check_task_channels(tasks, "AdaShareNet")
         if backbone not in _LAYERS:
-            raise ValueError(f"AdaShareNet: backbone must be one of {tuple(_LAYERS)} (AdaShare gates the blocks of "
-                             f"its own DeepLab ResNet), got {backbone!r}")
+            raise ValueError(f"AdaShareNet: backbone must be one of {tuple(_LAYERS)}: AdaShare gates the residual "
+                             f"blocks of its own DeepLab ResNet (per-task BatchNorm, dilated last stages), so timm "
+                             f"and torchvision backbones are not supported; got {backbone!r}")
         for name, v in (("in_channels", in_channels), ("width", width)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"AdaShareNet: {name} must be a positive int, got {v!r}")

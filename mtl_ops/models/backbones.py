@@ -1,14 +1,17 @@
 """Multi-scale backbones shared by the complete multi-task networks: a small ResNet family (basic blocks,
-trained from scratch: nothing is downloaded) and an adapter for any timm ``features_only`` model.
+trained from scratch: nothing is downloaded), any timm ``features_only`` model and torchvision's ResNets.
 
-Every backbone maps images (B, 3, H, W) to a list of feature maps, shallow to deep, and exposes
+Every backbone maps images (B, 3, H, W) to a list of feature maps (B, C, h, w), shallow to deep, and exposes
 ``channels`` (per map) and ``strides`` (per map, relative to the input).
 
-Every network names its backbone the same way (``backbone``: ``resnet10|resnet18|resnet34`` or
-``timm:<model name>``) and sets the built-in ResNets' base width with ``width``; :func:`build_backbone`
-is the one place that reads these options.
+Every network names its backbone the same way — ``resnet10|resnet18|resnet34`` (built in),
+``timm:<model name>`` or ``torchvision:<resnet name>`` — and :func:`build_backbone` is the one place that reads
+these names and their options. ``width`` (the base width) exists only for the built-in ResNets: the others
+have their published widths, so a ``width`` given with them is refused rather than silently ignored.
 """
 from __future__ import annotations
+
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -17,6 +20,13 @@ from ..nn.blocks import BasicBlock
 from ..utils.optional import require
 
 _DEPTHS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+
+#: the built-in ResNets
+RESNETS = tuple(f"resnet{depth}" for depth in _DEPTHS)
+#: torchvision's ResNet family (``torchvision:<name>``); ResNeXt and wide ResNets are ResNets with other blocks
+TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+                       "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")
+BACKBONE_NAMES = "resnet10, resnet18, resnet34, timm:<model name> or torchvision:<resnet name>"
 
 
 class ResNetBackbone(nn.Module):
@@ -30,7 +40,7 @@ class ResNetBackbone(nn.Module):
             raise ValueError(f"ResNetBackbone: depth must be one of {sorted(_DEPTHS)}, got {depth!r}")
         if output_stride not in (8, 16, 32):
             raise ValueError(f"ResNetBackbone: output_stride must be 8, 16 or 32, got {output_stride!r}")
-        if not isinstance(width, int) or width < 1:
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
             raise ValueError(f"ResNetBackbone: width must be a positive int, got {width!r}")
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
                                   nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
@@ -69,33 +79,150 @@ class ResNetBackbone(nn.Module):
 
 
 class TimmBackbone(nn.Module):
-    """Any timm model created with ``features_only=True`` (random init unless weights are local)."""
+    """Any timm model created with ``features_only=True``: random initialisation unless ``pretrained=True``
+    (timm then downloads the weights, where the machine can) — or load a local file with
+    :func:`mtl_ops.models.load_backbone_weights`. ``kwargs`` go to ``timm.create_model`` (``out_indices``,
+    ``output_stride``, ...). Maps in channels-last layout (some transformers' features) are returned as
+    (B, C, h, w) like every backbone's. The timm model is ``self.model``: its state-dict keys are timm's own."""
 
     def __init__(self, name: str, *, pretrained: bool = False, **kwargs):
         super().__init__()
         timm = require("timm", "timm", "timm", "TimmBackbone")
-        self.model = timm.create_model(name, features_only=True, pretrained=pretrained, **kwargs)
+        self.name = name
+        try:
+            self.model = timm.create_model(name, features_only=True, pretrained=pretrained, **kwargs)
+        except RuntimeError as e:  # timm's message for an unknown name: "Unknown model (x)"
+            raise ValueError(f"backbone: timm:{name}: {e}") from e
         self.channels = list(self.model.feature_info.channels())
         self.strides = list(self.model.feature_info.reduction())
+        # timm marks features returned as (B, h, w, C) with output_fmt "NHWC"
+        self.channels_last = str(getattr(self.model, "output_fmt", "NCHW")).upper().endswith("NHWC")
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return list(self.model(x))
+        features = list(self.model(x))
+        if self.channels_last:
+            features = [f.permute(0, 3, 1, 2) for f in features]
+        return features
 
 
-RESNETS = tuple(f"resnet{depth}" for depth in _DEPTHS)
+class TorchvisionBackbone(nn.Module):
+    """A torchvision ResNet (``torchvision.models.<name>``) as a feature extractor: the outputs of ``layer1`` …
+    ``layer4`` (strides 4, 8, 16, 32). Random initialisation unless ``weights`` names torchvision weights (then
+    torchvision downloads them, where the machine can). ``output_stride`` 16 or 8 dilates the last stage(s)
+    (``replace_stride_with_dilation``; torchvision allows it for bottleneck ResNets only). The ResNet itself is
+    ``self.model`` without its classifier, so torchvision's own checkpoints load by their keys (``fc.*`` is
+    reported unused); ``stem`` and ``stages`` are views of its layers for networks that run them one by one."""
+
+    def __init__(self, name: str, *, weights=None, output_stride: int = 32, **kwargs):
+        super().__init__()
+        models = require("torchvision.models", "torchvision", "torchvision", "TorchvisionBackbone")
+        if name not in TORCHVISION_RESNETS:
+            raise ValueError(f"backbone: torchvision:<name> must be one of torchvision's ResNets "
+                             f"{', '.join(TORCHVISION_RESNETS)}, got {name!r}")
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"backbone: output_stride must be 8, 16 or 32, got {output_stride!r}")
+        dilate = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}[output_stride]
+        if output_stride != 32:
+            kwargs["replace_stride_with_dilation"] = dilate
+        try:
+            model = getattr(models, name)(weights=weights, **kwargs)
+        except NotImplementedError as e:  # BasicBlock refuses dilation
+            raise ValueError(f"backbone: torchvision:{name} cannot run at output_stride {output_stride} ({e}); "
+                             f"use a bottleneck ResNet (resnet50, ...) or output_stride 32") from e
+        model.fc = nn.Identity()  # the classifier is not part of the feature extractor
+        self.name = name
+        self.model = model
+        self.channels = [_out_channels(getattr(model, f"layer{i}")) for i in range(1, 5)]
+        reduction = [4, 8, 16, 32]
+        if output_stride <= 16:
+            reduction[3] = 16
+        if output_stride == 8:
+            reduction[2:] = [8, 8]
+        self.strides = reduction
+
+    @property
+    def stem(self) -> nn.Sequential:
+        m = self.model
+        return nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool)
+
+    @property
+    def stages(self) -> list:
+        return [self.model.layer1, self.model.layer2, self.model.layer3, self.model.layer4]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if x.dim() != 4:
+            raise ValueError(f"TorchvisionBackbone: expected images (B, C, H, W), got shape {tuple(x.shape)}")
+        x = self.stem(x)
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
 
 
-def build_backbone(name: str = "resnet18", *, width: int | None = None, **kwargs) -> nn.Module:
-    """``resnet10|resnet18|resnet34`` (our ResNetBackbone at base ``width``, default 64; kwargs:
-    output_stride, in_channels) or ``timm:<model name>`` (TimmBackbone; kwargs go to ``timm.create_model``).
+def _out_channels(stage: nn.Sequential) -> int:
+    block = stage[-1]
+    last = block.conv3 if hasattr(block, "conv3") else block.conv2
+    return last.out_channels
 
-    ``width`` is the base width of the built-in ResNets; a timm model has its own widths, so ``width`` is
-    ignored for ``timm:`` names (every network passes its ``width`` here whatever the backbone, so that one
-    configuration works for both kinds)."""
+
+class SelectMaps(nn.Module):
+    """A backbone that returns the maps ``indices`` of ``backbone`` (a network that needs a fixed number of
+    maps takes the deepest ones)."""
+
+    def __init__(self, backbone: nn.Module, indices: Sequence[int]):
+        super().__init__()
+        self.backbone = backbone
+        self.indices = list(indices)
+        self.channels = [backbone.channels[i] for i in self.indices]
+        self.strides = [backbone.strides[i] for i in self.indices]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = self.backbone(x)
+        return [features[i] for i in self.indices]
+
+
+def is_builtin(name: str) -> bool:
+    """Whether ``name`` is one of the built-in ResNets (the only backbones with a ``width``)."""
+    return name in RESNETS
+
+
+def build_backbone(name: str = "resnet18", *, width: Optional[int] = None, default_width: int = 64,
+                   num_maps: Optional[int] = None, owner: str = "backbone", **kwargs) -> nn.Module:
+    """The backbone called ``name``:
+
+    * ``resnet10|resnet18|resnet34``: :class:`ResNetBackbone` at base ``width`` (None: ``default_width``,
+      each network's own default); ``kwargs``: output_stride, in_channels.
+    * ``timm:<model name>``: :class:`TimmBackbone`; ``kwargs`` go to ``timm.create_model`` (``pretrained``,
+      ``out_indices``, ``output_stride``, ...).
+    * ``torchvision:<resnet name>``: :class:`TorchvisionBackbone`; ``kwargs``: ``weights``, ``output_stride``
+      and the ResNet constructor's own.
+
+    ``width`` with a timm or torchvision backbone is refused (they have their own widths). ``num_maps``: the
+    number of maps the caller (``owner``, named in errors) needs; a backbone with more returns its deepest
+    ``num_maps`` ones, one with fewer is refused."""
     if not isinstance(name, str):
         raise ValueError(f"backbone: name must be a string, got {name!r}")
-    if name.startswith("timm:"):
-        return TimmBackbone(name[5:], **kwargs)
-    if name in RESNETS:
-        return ResNetBackbone(int(name[6:]), **({} if width is None else {"width": width}), **kwargs)
-    raise ValueError(f"backbone: name must be resnet10, resnet18, resnet34 or timm:<name>, got {name!r}")
+    if name.startswith(("timm:", "torchvision:")):
+        if width is not None:
+            raise ValueError(f"{owner}: width sets the base width of the built-in ResNets ({', '.join(RESNETS)}) "
+                             f"only; {name} has its own widths, so leave width out (got width={width!r})")
+        if name.startswith("timm:"):
+            if kwargs.get("output_stride") == 32:
+                kwargs.pop("output_stride")  # timm's default; not every timm model takes the argument
+            backbone = TimmBackbone(name[5:], **kwargs)
+        else:
+            backbone = TorchvisionBackbone(name[12:], **kwargs)
+    elif name in RESNETS:
+        backbone = ResNetBackbone(int(name[6:]), width=default_width if width is None else width, **kwargs)
+    else:
+        raise ValueError(f"{owner}: backbone name must be {BACKBONE_NAMES}, got {name!r}")
+    if num_maps is not None:
+        n = len(backbone.channels)
+        if n < num_maps:
+            raise ValueError(f"{owner}: needs {num_maps} feature maps, but backbone {name} gives {n} (channels "
+                             f"{backbone.channels}, strides {backbone.strides}); choose a backbone with at least "
+                             f"{num_maps} stages, or for timm pass out_indices selecting {num_maps} of them")
+        if n > num_maps:
+            backbone = SelectMaps(backbone, range(n - num_maps, n))
+    return backbone

@@ -1,5 +1,8 @@
-"""A complete ETR-NLP network: a ResNet backbone whose 3×3 convs (stem excluded) are ETR-NLP blocks, the
-T task routes stacked along the batch after the (shared, unconverted) stem, and one head per task.
+"""A complete ETR-NLP network: a backbone whose 3×3 convs (stem excluded) are ETR-NLP blocks, the T task
+routes stacked along the batch, and one head per task. With a backbone that exposes its ``stem`` and
+``stages`` (the built-in ResNets, torchvision's ResNets) the routes are stacked after the shared, unconverted
+stem, which then runs once; with any other (timm models) the images are stacked before the backbone, whose
+unconverted layers then compute the same values for every route.
 
 ``ETRNLPNet(tasks, backbone="resnet18", head="dense" | "classification", **options)``:
   * tasks: {name: out_channels};
@@ -7,7 +10,8 @@ T task routes stacked along the batch after the (shared, unconverted) stem, and 
     ``forward(images) -> {task: (B, out, H, W)}``;
   * head="classification" (image-level multi-label, e.g. one CelebA attribute per task): global average
     pool + linear; ``forward(images) -> {task: (B, out)}`` logits;
-  * options: width (backbone base width, 32), output_stride (32; dilated stages are not converted),
+  * options: width (the built-in ResNets' base width, 32), backbone_kwargs (further ``build_backbone``
+    options), output_stride (32; dilated stages are not converted),
     sharing_ratio (0.9), primitives, exclude (("stem",)), head_channels (64), seed, backend.
 No deep supervision. ``learnable_parameters()`` / ``frozen_parameters()`` give the parameter accounting.
 """
@@ -23,12 +27,12 @@ from ..nn.etr_nlp import frozen_parameters, learnable_parameters
 from ..nn.etr_nlp_convert import convert_to_etr_nlp
 from ..nn.etr_nlp_primitives import DEFAULT_PRIMITIVES
 from ..nn.task_names import check_task_channels
-from .backbones import RESNETS, build_backbone
+from .backbones import build_backbone
 
 
 class ETRNLPNet(nn.Module):
-    def __init__(self, tasks: dict[str, int], backbone: str = "resnet18", *, head: str = "dense", width: int = 32,
-                 output_stride: int = 32, sharing_ratio: float = 0.9, primitives: Sequence = DEFAULT_PRIMITIVES,
+    def __init__(self, tasks: dict[str, int], backbone: str = "resnet18", *, head: str = "dense",
+                 width: int | None = None, backbone_kwargs: dict | None = None, output_stride: int = 32, sharing_ratio: float = 0.9, primitives: Sequence = DEFAULT_PRIMITIVES,
                  exclude: Sequence[str] = ("stem",), head_channels: int = 64, seed: int = 0,
                  backend: str | None = None):
         super().__init__()
@@ -37,12 +41,14 @@ class ETRNLPNet(nn.Module):
             raise ValueError(f"ETRNLPNet: head must be 'dense' or 'classification', got {head!r}")
         self.tasks = tasks
         self.head_kind = head
-        if backbone not in RESNETS:
-            raise ValueError(f"ETRNLPNet: backbone must be one of the package's ResNets {RESNETS} (their 3x3 convs "
-                             f"are converted), got {backbone!r}")
-        self.backbone = build_backbone(backbone, width=width, output_stride=output_stride)
+        self.backbone = build_backbone(backbone, width=width, default_width=32, output_stride=output_stride,
+                                       owner="ETRNLPNet", **dict(backbone_kwargs or {}))
         self.converted = convert_to_etr_nlp(self.backbone, len(self.tasks), sharing_ratio=sharing_ratio,
                                             primitives=primitives, exclude=exclude, seed=seed, backend=backend)
+        if not self.converted:
+            raise ValueError(f"ETRNLPNet: backbone {backbone} has no convertible convolution (3x3, dilation 1, "
+                             f"groups 1, padding 1) outside {tuple(exclude)}, so it would have no task routes")
+        self.stem_first = hasattr(self.backbone, "stem") and hasattr(self.backbone, "stages")
         c = self.backbone.channels[-1]
         if head == "dense":
             self.heads = nn.ModuleDict({t: nn.Sequential(
@@ -61,10 +67,12 @@ class ETRNLPNet(nn.Module):
         if images.dim() != 4:
             raise ValueError(f"ETRNLPNet: expected images (B, C, H, W), got shape {tuple(images.shape)}")
         T = len(self.tasks)
-        x = self.backbone.stem(images)
-        x = x.repeat(T, 1, 1, 1)  # the T routes, stacked along the batch
-        for stage in self.backbone.stages:
-            x = stage(x)
+        if self.stem_first:
+            x = self.backbone.stem(images).repeat(T, 1, 1, 1)  # the T routes, stacked along the batch
+            for stage in self.backbone.stages:
+                x = stage(x)
+        else:
+            x = self.backbone(images.repeat(T, 1, 1, 1))[-1]
         out = {}
         for t, (name, feat) in enumerate(zip(self.tasks, x.chunk(T, dim=0))):
             if self.head_kind == "dense":

@@ -79,22 +79,24 @@ class PDFNet(nn.Module):
 
     Args:
         tasks: task name → output channels.
-        backbone: ``resnet10|resnet18|resnet34`` (with ``width``) or ``timm:<name>``.
-        width: backbone base width.
+        backbone: ``resnet10|resnet18|resnet34`` (with ``width``), ``timm:<name>`` or
+            ``torchvision:<resnet name>`` (with ``backbone_kwargs``); the decoder reads 4 maps, the backbone's
+            deepest 4 when it has more (pass timm's ``out_indices`` in ``backbone_kwargs`` to choose others).
+        width: the built-in ResNets' base width (default 16).
         decoder_channels: channels of every decoder stage output (PDF: 256).
         groupings: the decoder tree, one partition per stage (stage 0 deepest); None = Sep-De.
     """
 
     num_stages = 4
 
-    def __init__(self, tasks: Mapping[str, int], backbone: str = "resnet18", *, width: int = 16,
-                 decoder_channels: int = 64, groupings: Optional[Sequence] = None):
+    def __init__(self, tasks: Mapping[str, int], backbone: str = "resnet18", *, width: int | None = None,
+                 backbone_kwargs: dict | None = None, decoder_channels: int = 64,
+                 groupings: Optional[Sequence] = None):
         super().__init__()
         self.tasks = check_task_channels(tasks, "PDFNet")
-        self.backbone = build_backbone(backbone, width=width)
+        self.backbone = build_backbone(backbone, width=width, default_width=16, num_maps=self.num_stages,
+                                       owner="PDFNet", **dict(backbone_kwargs or {}))
         channels = list(self.backbone.channels)
-        if len(channels) != 4:
-            raise ValueError(f"PDFNet: the backbone must give 4 feature maps, got {len(channels)}")
         self.extra = BasicBlock(channels[-1], channels[-1], stride=2)
         self.decoder_channels = decoder_channels
         skips = channels[::-1]                                      # c4, c3, c2, c1

@@ -36,15 +36,17 @@ class FPNDecoder(nn.Module):
 
 
 class SharedNet(nn.Module):
-    """Hard parameter sharing: ``backbone`` (``mtl_ops.models.build_backbone`` name) → FPN decoder with
-    ``decoder_channels`` → per-task heads. ``width`` is the backbone's base width. Dense predictions come at
-    input resolution; image-level tasks (``attributes``) read the pooled deepest backbone map."""
+    """Hard parameter sharing: ``backbone`` (``mtl_ops.models.build_backbone`` name, with ``backbone_kwargs``)
+    → FPN decoder with ``decoder_channels`` → per-task heads. ``width`` is the built-in ResNets' base width
+    (default 16). Dense predictions come at input resolution; image-level tasks (``attributes``) read the pooled
+    deepest backbone map."""
 
-    def __init__(self, tasks: Mapping[str, int], backbone: str = "resnet18", *, width: int = 16,
-                 decoder_channels: int = 64, head_hidden: int | None = None):
+    def __init__(self, tasks: Mapping[str, int], backbone: str = "resnet18", *, width: int | None = None,
+                 backbone_kwargs: dict | None = None, decoder_channels: int = 64, head_hidden: int | None = None):
         super().__init__()
         self.tasks = check_task_channels(tasks, "SharedNet")
-        self.backbone = build_backbone(backbone, width=width)
+        self.backbone = build_backbone(backbone, width=width, default_width=16, owner="SharedNet",
+                                       **dict(backbone_kwargs or {}))
         self.decoder = FPNDecoder(list(self.backbone.channels), decoder_channels)
         self.heads = nn.ModuleDict({
             t: make_head(t, self.backbone.channels[-1] if t in IMAGE_LEVEL_TASKS else decoder_channels, k,
