@@ -1,6 +1,33 @@
 // Every mtl_ops operator schema, in one block. Kernels register per dispatch key in csrc/cpu and
-// csrc/cuda; fake kernels and autograd are registered from Python (mtl_ops/ops/), after this library loads.
+// csrc/cuda; fake kernels and autograd are registered from Python (mtl_ops/ops/_fused.py, from each op's
+// spec), after this library loads.
 #include <torch/library.h>
+
+#include <algorithm>
+#include <iterator>
+#include <string>
+#include <utility>
+
+#include "common/ms_attention_mix_args.h"
+#include "common/rpg_primitives.h"
+
+namespace {
+
+// The constants this library was compiled with, by the names mtl_ops.common gives them: Python holds the
+// values the reference and Triton code use, and tests/test_constants.py checks that the C++ ones agree.
+int64_t compiled_constant(const std::string& name) {
+  using namespace mtl_ops;
+  static const std::pair<const char*, int64_t> table[] = {
+      {"MAX_SCALES", kMaxScales}, {"NUM_KINDS", kNumRpgKinds}, {"IDENTITY", kIdentity},
+      {"AVG_POOL", kAvgPool},     {"MAX_POOL", kMaxPool},       {"SHIFT", kShift},
+      {"NOISE", kNoise},          {"DW_CONV", kDwConv},         {"DENSE_CONV", kDenseConv},
+  };
+  const auto* found = std::find_if(std::begin(table), std::end(table), [&](const auto& e) { return name == e.first; });
+  TORCH_CHECK_VALUE(found != std::end(table), "mtl_ops::_constant: no constant named '", name, "'");
+  return found->second;
+}
+
+}  // namespace
 
 TORCH_LIBRARY(mtl_ops, m) {
   // AdaShare gated residual over T tasks: residual, branch (T, ...); gates (T, 2) = [execute, skip].
@@ -32,7 +59,7 @@ TORCH_LIBRARY(mtl_ops, m) {
   // Returns (d_features summed over the T tasks, d_mask_logits).
   m.def("sfa_apply_backward(Tensor grad_out, Tensor features, Tensor mask_logits) -> (Tensor, Tensor)");
   // ETR-NLP routed primitive gather over T routes: x (T*B, C_in, H, W); primitives as (kinds[k], params[2k],
-  // frozen[k]) (codes in mtl_ops/reference/primitive_kinds.py); w_shared (C_sh, k*C_in/groups, 1, 1), b_shared
+  // frozen[k]) (codes in mtl_ops/common/primitive_kinds.py); w_shared (C_sh, k*C_in/groups, 1, 1), b_shared
   // (C_sh,), w_task (T, C_sp, C_in, 3, 3), b_task (T, C_sp). Returns (T*B, C_sh + C_sp, H', W').
   m.def(
       "routed_primitive_gather_forward(Tensor x, int[] kinds, int[] params, Tensor[] frozen, Tensor w_shared,"
@@ -45,4 +72,6 @@ TORCH_LIBRARY(mtl_ops, m) {
   // PDF all-pairs linear CKA: features (T, n, d); returns (T, T) (float64 for float64 input, else float32).
   // Forward only (task similarity is measured, never differentiated).
   m.def("cka_forward(Tensor features, bool debiased, bool allow_tf32=False) -> Tensor");
+  // The value of a constant shared with the Python side (not part of the public API).
+  m.def("_constant(str name) -> int", &compiled_constant);
 }

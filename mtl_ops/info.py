@@ -1,13 +1,16 @@
 """What was built, what runs here, and why the rest does not (``mtl_ops.info()`` / ``mtl-ops info``)."""
 from __future__ import annotations
 
+import os
 import platform
+import subprocess
 
 import torch
 
 from . import __version__
 from ._loader import BUILD_INFO, LIBRARIES
-from .backends import backend_table, triton_interpret_enabled
+from .backends import backend_table
+from .triton import interpret_enabled as triton_interpret_enabled
 
 
 def _triton_version() -> str | None:
@@ -16,6 +19,19 @@ def _triton_version() -> str | None:
     except ImportError:
         return None
     return triton.__version__
+
+
+def source_commit() -> str | None:
+    """The commit measured: $MTL_OPS_COMMIT where set (a copy of the tree without .git, as on a lent GPU
+    machine), else git's HEAD."""
+    if os.environ.get("MTL_OPS_COMMIT"):
+        return os.environ["MTL_OPS_COMMIT"][:12]
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=__file__.rsplit("/", 2)[0])
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def collect() -> dict:

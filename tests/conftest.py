@@ -23,3 +23,10 @@ def _global_matmul_settings_restored():
     if leaked:
         pytest.fail(f"the test changed PyTorch's global fp32 matmul settings without restoring them "
                     f"(setting: (before, after)): {leaked}")
+
+
+def pytest_generate_tests(metafunc):
+    """The op suite's parameters come from each op's test class (tests/op_suite.py)."""
+    generate = getattr(metafunc.cls, "generate", None)
+    if generate is not None:
+        generate(metafunc)

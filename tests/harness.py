@@ -1,5 +1,6 @@
 """The verification harness every op's tests use: backends to run, tolerance tables, input layouts, a
-comparison that reports the worst element and a recorder of Triton kernel launches."""
+comparison that reports the worst element, PyTorch's global matmul settings and a recorder of Triton kernel
+launches. The op suite itself is tests/op_suite.py."""
 from __future__ import annotations
 
 import contextlib
@@ -44,26 +45,29 @@ def backend_params(op: str, device: str, backends=("cpp", "cuda", "triton")):
     return params
 
 
-LAYOUTS = ("contiguous", "channels_last", "permuted", "strided")
-
-
-def make_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
-    """A tensor equal to ``t`` (T, B, C, H, W) in the given memory layout.
-
-    channels_last: each task's (B, C, H, W) is channels-last (memory T, B, H, W, C: task-major, run as is);
-    permuted: T is not the outermost memory dimension (copied by the kernels); strided: a non-dense view.
-    """
-    if layout == "contiguous":
-        return t.contiguous()
-    if layout == "channels_last":
+def layout_channels_last(t: torch.Tensor) -> torch.Tensor:
+    """Channels-last for 4-d tensors, and for 5-d ones (T, B, C, H, W) per task (memory T, B, H, W, C:
+    task-major, which the element-wise kernels run as is)."""
+    if t.dim() == 4:
+        return t.contiguous(memory_format=torch.channels_last)
+    if t.dim() == 5:
         return t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
-    if layout == "permuted":
-        return t.transpose(0, 1).contiguous().transpose(0, 1)
-    if layout == "strided":
-        big = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
-        big[..., ::2] = t
-        return big[..., ::2]
-    raise ValueError(layout)
+    return t
+
+
+def layout_strided(t: torch.Tensor) -> torch.Tensor:
+    """A non-dense view with the same values."""
+    if t.dim() == 0 or t.shape[-1] == 0:
+        return t
+    return torch.cat([t, t], dim=-1)[..., ::2]
+
+
+def layout_permuted(t: torch.Tensor) -> torch.Tensor:
+    """Dense, with the two leading dimensions swapped in memory (not task-major: the kernels copy it)."""
+    return t.transpose(0, 1).contiguous().transpose(0, 1) if t.dim() >= 2 else t
+
+
+LAYOUTS = {"channels_last": layout_channels_last, "strided": layout_strided, "permuted": layout_permuted}
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, kind: str = "elementwise",
@@ -74,19 +78,6 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     torch.testing.assert_close(actual.double(), expected.double(), rtol=rtol, atol=atol,
                                msg=lambda m: f"{what} ({dtype}, {kind}): {m}")
-
-
-def assert_compiled_matches_eager(step, run_with_grads, *inputs) -> None:
-    """``torch.compile(step, fullgraph=True)`` gives the eager loss and gradients (fp32 reduction tolerance).
-    ``run_with_grads(fn, *inputs, grad_out)`` is the op's test helper returning ``(loss, grads)``."""
-    torch._dynamo.reset()
-    compiled = torch.compile(step, fullgraph=True)
-    grad_out = torch.tensor(1.0)
-    y_eager, eager_grads = run_with_grads(step, *inputs, grad_out)
-    y, compiled_grads = run_with_grads(compiled, *inputs, grad_out)
-    assert_close(y, y_eager.detach().double(), torch.float32, "reduction")
-    for got, want in zip(compiled_grads, eager_grads):
-        assert_close(got, want, torch.float32, "reduction")
 
 
 # ---- PyTorch's global fp32 matmul settings (TF32 / bf16 GEMMs) ---------------------------------------------------

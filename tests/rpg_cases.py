@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from mtl_ops.reference.primitive_kinds import (AVG_POOL, DENSE_CONV, DW_CONV, IDENTITY, MAX_POOL, NOISE,
-                                               SHIFT)
+from mtl_ops.common.primitive_kinds import (AVG_POOL, DENSE_CONV, DW_CONV, IDENTITY, MAX_POOL, NOISE,
+                                            SHIFT)
 
 # name -> list of (kind, a, b)
 PRIMITIVE_SETS = {

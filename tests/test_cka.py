@@ -1,10 +1,11 @@
-"""The fused all-pairs CKA op (PDF §2.4) against the reference: parity per dtype and estimator, conditioning,
-conventions, opcheck, compile, forward-only refusal, memory and bad input."""
+"""cka: the op suite (tests/op_suite.py), and what is particular to it: both estimators, accuracy under a large
+common offset, the translation invariance the fused op relies on, the 0/0 and NaN conventions, the forward-only
+rule (backend=None falls back to the reference, a fused backend named explicitly refuses), memory."""
 import pytest
 import torch
-from harness import TOLERANCES, backend_params, requires_cuda
+from harness import backend_params, layout_permuted, layout_strided
+from op_suite import PYTHON, OpSuite, Sample, change
 
-import mtl_ops
 from mtl_ops.backends import BackendUnavailableError
 from mtl_ops.bench.memory import cpu_peak_supported, peak_memory_bytes
 from mtl_ops.ops import cka
@@ -14,7 +15,6 @@ OP = "cka"
 # (T, n, d): one strip (n ≤ 32 rows), several strips with a partial last one, d = 1, T = 1, n = 4 (smallest
 # debiased), and n = 300 (strips of 38 rows).
 SHAPES = [(3, 12, 5), (4, 70, 9), (2, 45, 1), (1, 33, 6), (5, 4, 3), (3, 300, 17)]
-DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
 
 def make_features(shape, seed=0, offset=0.0, device="cpu"):
@@ -28,34 +28,67 @@ def make_features(shape, seed=0, offset=0.0, device="cpu"):
     return x.to(device)
 
 
-def assert_close_to_reference(got, features, debiased, dtype):
-    expected = reference(features.double(), debiased=debiased)    # fp64 truth on the same (rounded) inputs
-    assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
-    rtol, atol = TOLERANCES["reduction"][torch.float64 if dtype == torch.float64 else torch.float32]
-    torch.testing.assert_close(got.double().cpu(), expected.cpu(), rtol=rtol, atol=atol)
+def layout_transposed(t):
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
 
 
-@pytest.mark.parametrize("backend", backend_params(OP, "cpu", ("cpp",)))
-@pytest.mark.parametrize("debiased", [True, False], ids=["debiased", "biased"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_parity(backend, shape, dtype, debiased):
-    features = make_features(shape, seed=sum(shape)).to(dtype)
-    assert_close_to_reference(cka(features, debiased=debiased, backend=backend), features, debiased, dtype)
+class TestCka(OpSuite):
+    OP = OP
+    fn = staticmethod(cka)
+    reference = staticmethod(reference)
+    CASES = {f"{s}-{'debiased' if b else 'biased'}": (s, b) for s in SHAPES for b in (True, False)}
+    CUDA_CASES = {f"(5, 800, 256)-{'debiased' if b else 'biased'}": ((5, 800, 256), b) for b in (True, False)}
+    DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+    CPU_BACKENDS = ("cpp",)
+    CUDA_BACKENDS = ("cuda",)
+    SMALL_CASE = ((3, 16, 5), True)
+    BAD_CASE = ((2, 8, 3), True)
+    LAYOUTS = {"transposed": layout_transposed, "strided": layout_strided, "permuted": layout_permuted}
+    FORWARD_ONLY = True
+    OUTPUT_KIND = "reduction"
+    BAD_INPUTS = [
+        ("2-d", change(0, torch.randn(8, 3)), ValueError, r"features must be 3-D \(T, n, d\).*got 2-D"),
+        ("int", change(0, torch.ones(2, 8, 3, dtype=torch.int64)), ValueError, r"features must be a floating-point tensor"),
+        ("n-3", change(0, torch.randn(2, 3, 4)), ValueError, r"more than 3 samples \(n > 3\).*got n=3"),
+        ("n-1-biased", lambda s: Sample([torch.randn(2, 1, 4)], {"debiased": False}, []), ValueError,
+         r"at least 2 samples \(n ≥ 2\).*got n=1"),
+        ("T-0", change(0, torch.randn(0, 8, 4)), ValueError, r"at least one task and one feature"),
+        ("d-0", change(0, torch.randn(2, 8, 0)), ValueError, r"at least one task and one feature"),
+        ("list", change(0, [[[1.0]]]), TypeError, r"features must be a torch.Tensor", PYTHON),
+    ]
+
+    @classmethod
+    def make(cls, case, dtype=torch.float32, device="cpu", seed=None):
+        shape, debiased = case
+        features = make_features(shape, seed=sum(shape) if seed is None else seed, device=device).to(dtype)
+        return Sample([features], {"debiased": debiased}, [])
+
+    @classmethod
+    def operator_args(cls, sample):
+        return sample.args[0], sample.kwargs["debiased"]
+
+    def assert_close(self, got, want, dtype, kind, what, scaled=False):
+        # the similarities are reduced in fp32 (fp64 for fp64 input) whatever the input precision
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        super().assert_close(got, want, acc, kind, what, scaled)
 
 
-@pytest.mark.parametrize("backend", backend_params(OP, "cpu", ("cpp",)))
-@pytest.mark.parametrize("debiased", [True, False], ids=["debiased", "biased"])
+suite = TestCka()
+cpp = pytest.mark.parametrize("backend", backend_params(OP, "cpu", ("cpp",)))
+estimators = pytest.mark.parametrize("debiased", [True, False], ids=["debiased", "biased"])
+
+
+@cpp
+@estimators
 def test_large_common_offset_keeps_fp32_accuracy(backend, debiased):
     # An offset 50× the spread makes the uncentred Gram ~2500× its centred part; the fused op centres the
     # features first, so its fp32 result stays within the fp32 tolerance of the fp64 truth.
-    features = make_features((3, 80, 40), seed=7, offset=50.0)
-    got = cka(features.float(), debiased=debiased, backend=backend)
-    assert_close_to_reference(got, features.float(), debiased, torch.float32)
+    features = make_features((3, 80, 40), seed=7, offset=50.0).float()
+    suite.check_against_reference(backend, Sample([features], {"debiased": debiased}, []), torch.float32)
 
 
 @pytest.mark.parametrize("backend", ["reference"] + backend_params(OP, "cpu", ("cpp",)))
-@pytest.mark.parametrize("debiased", [True, False], ids=["debiased", "biased"])
+@estimators
 def test_translation_invariance_the_fused_op_relies_on(backend, debiased):
     features = make_features((3, 20, 6), seed=3)
     shifted = features + torch.randn(3, 1, 6, dtype=torch.float64) * 10
@@ -63,18 +96,7 @@ def test_translation_invariance_the_fused_op_relies_on(backend, debiased):
                                cka(features, debiased=debiased, backend=backend), rtol=1e-9, atol=1e-10)
 
 
-@pytest.mark.parametrize("backend", backend_params(OP, "cpu", ("cpp",)))
-def test_non_contiguous_features(backend):
-    features = make_features((3, 40, 7), seed=4)
-    transposed = features.transpose(1, 2).contiguous().transpose(1, 2)
-    strided = torch.zeros(3, 40, 14, dtype=torch.float64)
-    strided[..., ::2] = features
-    for view in (transposed, strided[..., ::2], features.transpose(0, 1).contiguous().transpose(0, 1)):
-        assert not view.is_contiguous()
-        torch.testing.assert_close(cka(view, backend=backend), reference(features), rtol=1e-9, atol=1e-10)
-
-
-@pytest.mark.parametrize("backend", backend_params(OP, "cpu", ("cpp",)))
+@cpp
 def test_constant_features_and_nan_conventions(backend):
     features = make_features((3, 10, 4), seed=5)
     features[1] = 1.0                                 # constant: centred Gram is exactly 0 → 0/0
@@ -87,10 +109,11 @@ def test_constant_features_and_nan_conventions(backend):
         assert torch.isnan(got[2, [0, 2]]).all() and torch.isnan(got[[0, 2], 2]).all() and got[2, 1].item() == 0.0
 
 
-@pytest.mark.parametrize("backend", backend_params(OP, "cpu", ("cpp",)))
-def test_forward_only_refuses_grad_but_runs_under_no_grad(backend):
+@cpp
+def test_forward_only_backend_refuses_grad_but_runs_under_no_grad(backend):
     features = make_features((2, 8, 3)).requires_grad_()
-    with pytest.raises(ValueError, match=r"cka: the cpp backend is forward only, but features requires grad"):
+    with pytest.raises(BackendUnavailableError, match=r"cka: backend 'cpp' \(backend argument\) is unavailable: the "
+                                                      r"cpp backend is forward only, but features requires grad"):
         cka(features, backend=backend)
     with torch.no_grad():
         torch.testing.assert_close(cka(features, backend=backend), reference(features.detach()))
@@ -99,26 +122,17 @@ def test_forward_only_refuses_grad_but_runs_under_no_grad(backend):
     assert features.grad is not None and features.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("backend", backend_params(OP, "cpu", ("cpp",)))
-@pytest.mark.parametrize("debiased", [True, False], ids=["debiased", "biased"])
-def test_opcheck(backend, debiased):
-    torch.library.opcheck(torch.ops.mtl_ops.cka_forward.default, (make_features((3, 9, 4)).float(), debiased))
-
-
-@pytest.mark.parametrize("backend", backend_params(OP, "cpu", ("cpp",)))
-def test_compile_fullgraph(backend):
-    torch._dynamo.reset()
-
-    def similarity(x):
-        return cka(x, backend=backend).sum()
-
-    features = make_features((3, 16, 5)).float()
-    compiled = torch.compile(similarity, fullgraph=True)
-    torch.testing.assert_close(compiled(features), reference(features).sum(), rtol=1e-5, atol=1e-5)
+def test_features_that_require_grad_fall_back_to_the_reference():
+    # backend=None: the fused backends cannot differentiate, so the reference runs and the result has a gradient
+    features = make_features((2, 8, 3)).requires_grad_()
+    out = cka(features)
+    out[0, 1].backward()
+    assert features.grad is not None and features.grad.abs().sum() > 0
+    torch.testing.assert_close(out.detach(), reference(features.detach()), rtol=1e-9, atol=1e-10)
 
 
 @pytest.mark.skipif(not cpu_peak_supported(), reason="needs /proc/self/clear_refs to measure the CPU peak")
-@pytest.mark.parametrize("backend", backend_params(OP, "cpu", ("cpp",)))
+@cpp
 def test_never_holds_a_gram_matrix(backend):
     # T = 4, n = 3000: one n×n fp32 Gram is 34 MiB, the reference holds several T·n² buffers (≥ 137 MiB each);
     # the strips (256 rows) need T·256·n floats = 12 MiB.
@@ -129,65 +143,11 @@ def test_never_holds_a_gram_matrix(backend):
     assert peak < one_gram, f"peak {peak / 2**20:.1f} MiB, one Gram is {one_gram / 2**20:.1f} MiB"
 
 
-# ---- bad input ---------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("backend", ["reference"] + backend_params(OP, "cpu", ("cpp",)))
-@pytest.mark.parametrize("features, debiased, error, match", [
-    (torch.randn(8, 3), True, ValueError, r"features must be 3-D \(T, n, d\).*got 2-D"),
-    (torch.ones(2, 8, 3, dtype=torch.int64), True, ValueError, r"features must be a floating-point tensor"),
-    (torch.randn(2, 3, 4), True, ValueError, r"more than 3 samples \(n > 3\).*got n=3"),
-    (torch.randn(2, 1, 4), False, ValueError, r"at least 2 samples \(n ≥ 2\).*got n=1"),
-    (torch.randn(0, 8, 4), True, ValueError, r"at least one task and one feature"),
-    (torch.randn(2, 8, 0), True, ValueError, r"at least one task and one feature"),
-    ([[[1.0]]], True, TypeError, r"features must be a torch.Tensor"),
-])
-def test_bad_input(backend, features, debiased, error, match):
-    with pytest.raises(error, match=match):
-        cka(features, debiased=debiased, backend=backend)
-
-
-@pytest.mark.parametrize("features, debiased, match", [
-    (torch.randn(8, 3), True, r"features must be 3-D \(T, n, d\)"),
-    (torch.ones(2, 8, 3, dtype=torch.int64), True, r"features must be a floating-point tensor"),
-    (torch.randn(2, 3, 4), True, r"more than 3 samples \(n > 3\).*got n=3"),
-    (torch.randn(2, 1, 4), False, r"at least 2 samples \(n ≥ 2\).*got n=1"),
-    (torch.randn(2, 8, 0), True, r"at least one task and one feature"),
-])
-def test_bad_input_direct_operator_call(features, debiased, match):
-    if not mtl_ops.backends.LIBRARIES["cpp"].loaded:
-        pytest.skip("compiled library not loaded")
-    with pytest.raises(RuntimeError, match=match):
-        torch.ops.mtl_ops.cka_forward(features, debiased)
-
-
-def test_unavailable_backends_say_why():
-    with pytest.raises(BackendUnavailableError, match=r"backend 'cuda' .* unavailable: .*CUDA"):
-        cka(make_features((2, 8, 3)), backend="cuda")
+def test_has_no_triton_backend():
     with pytest.raises(BackendUnavailableError, match=r"cka has no triton implementation"):
         cka(make_features((2, 8, 3)), backend="triton")
 
 
-# ---- CUDA (skipped without a GPU) ---------------------------------------------------------------------
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("backend", backend_params(OP, "cuda", ("cuda",)))
-@pytest.mark.parametrize("debiased", [True, False], ids=["debiased", "biased"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", SHAPES + [(5, 800, 256)], ids=str)
-def test_parity_cuda(backend, shape, dtype, debiased):
-    features = make_features(shape, seed=sum(shape), device="cuda").to(dtype)
-    # Exact fp32 GEMMs whatever the global TF32 flag (the op's default; test_tf32_policy.py runs it with TF32 on).
-    assert_close_to_reference(cka(features, debiased=debiased, backend=backend), features, debiased, dtype)
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("backend", backend_params(OP, "cuda", ("cuda",)))
-def test_opcheck_cuda(backend):
-    torch.library.opcheck(torch.ops.mtl_ops.cka_forward.default, (make_features((3, 9, 4), device="cuda").float(), True))
-
-
-@requires_cuda
-def test_auto_backend_on_cuda_is_fused():
-    from mtl_ops.backends import select_backend
-
-    assert select_backend(OP, torch.device("cuda")) == "cuda"
+@cpp
+def test_opcheck_biased(backend):
+    torch.library.opcheck(torch.ops.mtl_ops.cka_forward.default, (make_features((3, 9, 4)).float(), False))

@@ -1,4 +1,4 @@
-"""Reference linear CKA (PDF §2.4): invariances, direct formulas, estimators, bad input."""
+"""Reference linear CKA (PDF's inter-task similarity): invariances, direct formulas, estimators, bad input."""
 import math
 
 import pytest

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from harness import backend_params, tf32_everywhere
+from harness import LAYOUTS, backend_params, tf32_everywhere
 
 from mtl_ops.bench import CASES
 
@@ -102,15 +102,8 @@ def _as_list(out):
 
 
 def to_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
-    """``t`` with the same values in another memory layout (channels-last for 4-D and 5-D, a non-dense
-    view otherwise)."""
-    if layout == "channels_last" and t.dim() == 4:
-        return t.contiguous(memory_format=torch.channels_last)
-    if layout == "channels_last" and t.dim() == 5:
-        return t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
-    if layout == "strided" and t.dim() >= 1:
-        return torch.cat([t, t], dim=-1)[..., ::2]
-    return t
+    """``t`` with the same values in another memory layout (harness.LAYOUTS)."""
+    return LAYOUTS[layout](t)
 
 
 # ---- empty batches (CPU and CUDA) ------------------------------------------------------------------------

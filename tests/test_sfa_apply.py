@@ -1,177 +1,94 @@
-"""sfa_apply: every backend against the reference, gradcheck, opcheck, compile, bad input."""
+"""sfa_apply: the op suite (tests/op_suite.py), and what is particular to it: the spatial (M = 1) and channel
+(M = C) masks, the CPU kernel's pixel chunks, thread-count independence, the backward's grad_out check."""
 import pytest
 import torch
-from harness import assert_close, assert_compiled_matches_eager, backend_params, requires_cuda
+from harness import backend_params, layout_channels_last, layout_strided
+from op_suite import PYTHON, OpSuite, Sample, change, run_with_grads
 
 import mtl_ops
 from mtl_ops.ops import sfa_apply
 from mtl_ops.reference import sfa_apply as reference
 
 OP = "sfa_apply"
-DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-# (T, B, C, h, w)
+# (T, B, C, h, w, M): M = 1 a spatial mask, "C" one per channel
 SHAPES = [(3, 2, 5, 7, 9), (1, 1, 1, 1, 1), (4, 2, 6, 5, 3), (2, 1, 3, 1, 17)]
 
 
-def make_inputs(shape, M, dtype, device="cpu", seed=0):
-    T, B, C, h, w = shape
-    g = torch.Generator().manual_seed(seed)
-    f = torch.randn(B, C, h, w, generator=g).to(device, dtype)
-    m = (2 * torch.randn(T, B, C if M == "C" else 1, h, w, generator=g)).to(device, dtype)
-    return f, m
+class TestSfaApply(OpSuite):
+    OP = OP
+    fn = staticmethod(sfa_apply)
+    reference = staticmethod(reference)
+    CASES = {f"{s}-{m}": (*s, m) for s in SHAPES for m in (1, "C")}
+    CUDA_CASES = {f"(4, 8, 64, 72, 96)-{m}": (4, 8, 64, 72, 96, m) for m in (1, "C")}
+    SMALL_CASE = (3, 2, 4, 5, 6, 1)
+    GRADCHECK_CASES = ((3, 2, 3, 2, 3, 1), (3, 2, 3, 2, 3, "C"))
+    LAYOUTS = {"channels_last": layout_channels_last, "strided": layout_strided}
+    BAD_INPUTS = [
+        ("features-3d", change(0, lambda a: a[0][0]), ValueError, r"features must be 4-d \(B, C, h, w\), got 3-d"),
+        ("mask-4d", change(1, lambda a: a[1][0]), ValueError, r"mask_logits must be 5-d \(T, B, M, h, w\), got 4-d"),
+        ("mask-M", change(1, lambda a: a[1].expand(3, 2, 3, 5, 6)), ValueError,
+         r"mask_logits must have shape \(T, B, M, h, w\) = \(T, 2, 1 or 4, 5, 6\), got \(3, 2, 3, 5, 6\)"),
+        ("mask-B", change(1, lambda a: a[1][:, :1]), ValueError, r"mask_logits must have shape .*got \(3, 1, 1, 5, 6\)"),
+        ("mask-w", change(1, lambda a: a[1][..., :5]), ValueError, r"mask_logits must have shape .*got \(3, 2, 1, 5, 5\)"),
+        ("int", lambda s: s.map(lambda t: t.int()), TypeError,
+         r"features must be float32, float64, float16 or bfloat16, got torch.int32"),
+        ("mask-dtype", change(1, lambda a: a[1].double()), TypeError,
+         r"mask_logits must have the dtype of features \(torch.float32\), got torch.float64"),
+        ("device", change(1, lambda a: a[1].to("meta")), ValueError, r"must be on one device, got cpu and meta"),
+        ("ndarray", change(0, lambda a: a[0].numpy()), TypeError, r"features must be a torch.Tensor, got ndarray", PYTHON),
+    ]
+
+    @classmethod
+    def make(cls, case, dtype=torch.float32, device="cpu", seed=0):
+        T, B, C, h, w, M = case
+        g = torch.Generator().manual_seed(seed)
+        f = torch.randn(B, C, h, w, generator=g).to(device, dtype)
+        m = (2 * torch.randn(T, B, C if M == "C" else 1, h, w, generator=g)).to(device, dtype)
+        return Sample([f, m], {}, [0, 1])
 
 
-def run_with_grads(fn, f, m, grad_out):
-    f, m = f.detach().requires_grad_(), m.detach().requires_grad_()
-    out = fn(f, m)
-    return out, torch.autograd.grad(out, (f, m), grad_out)
-
-
-def check_against_reference(backend, shape, M, dtype, device="cpu", layout=None):
-    f, m = make_inputs(shape, M, dtype, device)
-    if layout is not None:
-        f, m = layout(f), layout(m)
-    grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(device, dtype)
-    out, (df, dm) = run_with_grads(lambda f, m: sfa_apply(f, m, backend=backend), f, m, grad_out)
-    out64, (df64, dm64) = run_with_grads(reference, f.double(), m.double(), grad_out.double())
-    assert out.dtype == dtype and df.dtype == dtype and dm.dtype == dtype
-    assert_close(out, out64, dtype, what="out")
-    assert_close(df, df64, dtype, "reduction", what="d_features")
-    assert_close(dm, dm64, dtype, "reduction" if M == 1 else "elementwise", what="d_mask_logits")
-
-
-@pytest.mark.parametrize("backend", backend_params(OP, "cpu"))
-@pytest.mark.parametrize("M", [1, "C"], ids=["spatial", "channel"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_parity_cpu(backend, M, dtype, shape):
-    check_against_reference(backend, shape, M, dtype)
-
-
-LAYOUTS = {
-    "channels_last": lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else
-    t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3),
-    "strided": lambda t: torch.cat([t, t], dim=-1)[..., ::2],
-}
+suite = TestSfaApply()
 
 
 @pytest.mark.parametrize("backend", backend_params(OP, "cpu"))
 @pytest.mark.parametrize("M", [1, "C"], ids=["spatial", "channel"])
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_layouts_cpu(backend, M, layout):
-    check_against_reference(backend, (3, 2, 5, 4, 6), M, torch.float32, layout=LAYOUTS[layout])
+@pytest.mark.parametrize("layout", [layout_channels_last, layout_strided], ids=["channels_last", "strided"])
+def test_layouts_of_both_masks(backend, M, layout):
+    suite.check_against_reference(backend, suite.make((3, 2, 5, 4, 6, M)).map(layout), torch.float32)
 
 
 @pytest.mark.parametrize("backend", backend_params(OP, "cpu", ("cpp",)))
 def test_several_pixel_chunks(backend):
     # The CPU kernel splits each plane into 1024-pixel chunks: cross that boundary with a ragged tail.
-    check_against_reference(backend, (2, 2, 3, 37, 41), 1, torch.float32)
+    suite.check_against_reference(backend, suite.make((2, 2, 3, 37, 41, 1)), torch.float32)
 
 
-def test_cpp_backward_does_not_depend_on_thread_count():
-    f, m = make_inputs((4, 3, 8, 40, 40), 1, torch.float32)
+@pytest.mark.parametrize("backend", backend_params(OP, "cpu", ("cpp",)))
+def test_cpp_backward_does_not_depend_on_thread_count(backend):
+    sample = suite.make((4, 3, 8, 40, 40, 1))
     grad_out = torch.randn(4, 3, 8, 40, 40)
     threads = torch.get_num_threads()
     results = []
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            results.append(run_with_grads(lambda f, m: sfa_apply(f, m, backend="cpp"), f, m, grad_out)[1])
+            results.append(run_with_grads(suite.call(backend), sample, grad_out)[1])
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(*results))
 
 
-@pytest.mark.parametrize("backend", ["reference"] + backend_params(OP, "cpu"))
-@pytest.mark.parametrize("M", [1, "C"], ids=["spatial", "channel"])
-def test_gradcheck_fp64(backend, M):
-    f, m = make_inputs((3, 2, 3, 2, 3), M, torch.float64)
-    # Triton runs interpreted (about 1 ms per program step): gradcheck's fast mode (random projections)
-    assert torch.autograd.gradcheck(lambda f, m: sfa_apply(f, m, backend=backend),
-                                    (f.requires_grad_(), m.requires_grad_()), fast_mode=backend == "triton")
-
-
-def _op_pair(backend):
-    if backend == "triton":
-        return torch.ops.mtl_ops.sfa_apply_forward_triton.default, torch.ops.mtl_ops.sfa_apply_backward_triton.default
-    return torch.ops.mtl_ops.sfa_apply_forward.default, torch.ops.mtl_ops.sfa_apply_backward.default
-
-
 @pytest.mark.parametrize("backend", backend_params(OP, "cpu"))
-@pytest.mark.parametrize("M", [1, "C"], ids=["spatial", "channel"])
-def test_opcheck(backend, M):
-    forward, backward = _op_pair(backend)
-    f, m = make_inputs((3, 2, 4, 3, 5), M, torch.float32)
+def test_opcheck_channel_mask(backend):
+    forward, backward = suite.operators(backend)
+    f, m = suite.make((3, 2, 4, 3, 5, "C")).args
     torch.library.opcheck(forward, (f.requires_grad_(), m.requires_grad_()))
     torch.library.opcheck(backward, (torch.randn(3, 2, 4, 3, 5), f.detach(), m.detach()))
 
 
-@pytest.mark.parametrize("backend", backend_params(OP, "cpu"))
-def test_compile_fullgraph(backend):
-    f, m = make_inputs((3, 2, 4, 3, 5), 1, torch.float32)
-    assert_compiled_matches_eager(lambda f, m: sfa_apply(f, m, backend=backend).square().sum(), run_with_grads, f, m)
-
-
-# ---- bad input ---------------------------------------------------------------------------------------
-
-def _inputs():
-    return make_inputs((3, 2, 4, 5, 6), 1, torch.float32)
-
-
-@pytest.mark.parametrize("backend", ["reference"] + backend_params(OP, "cpu"))
-@pytest.mark.parametrize("mutate, error, match", [
-    (lambda f, m: (f[0], m), ValueError, r"features must be 4-d \(B, C, h, w\), got 3-d"),
-    (lambda f, m: (f, m[0]), ValueError, r"mask_logits must be 5-d \(T, B, M, h, w\), got 4-d"),
-    (lambda f, m: (f, m.expand(3, 2, 3, 5, 6)), ValueError,
-     r"mask_logits must have shape \(T, B, M, h, w\) = \(T, 2, 1 or 4, 5, 6\), got \(3, 2, 3, 5, 6\)"),
-    (lambda f, m: (f, m[:, :1]), ValueError, r"mask_logits must have shape .*got \(3, 1, 1, 5, 6\)"),
-    (lambda f, m: (f, m[..., :5]), ValueError, r"mask_logits must have shape .*got \(3, 2, 1, 5, 5\)"),
-    (lambda f, m: (f.int(), m.int()), TypeError, r"features must be float32, float64, float16 or bfloat16, got torch.int32"),
-    (lambda f, m: (f, m.double()), TypeError, r"mask_logits must have the dtype of features \(torch.float32\), got torch.float64"),
-    (lambda f, m: (f, m.to("meta")), ValueError, r"must be on one device, got cpu and meta"),
-    (lambda f, m: (f.numpy(), m), TypeError, r"features must be a torch.Tensor, got ndarray"),
-])
-def test_bad_input(backend, mutate, error, match):
-    with pytest.raises(error, match=match):
-        sfa_apply(*mutate(*_inputs()), backend=backend)
-
-
-@pytest.mark.parametrize("call, match", [
-    (lambda f, m: torch.ops.mtl_ops.sfa_apply_forward(f, m[0]), r"mask_logits must be 5-d"),
-    (lambda f, m: torch.ops.mtl_ops.sfa_apply_forward(f, m.double()), r"mask_logits must have the dtype"),
-    (lambda f, m: torch.ops.mtl_ops.sfa_apply_backward(f, f, m), r"grad_out must be \(T, B, C, h, w\)"),
-])
-def test_bad_input_direct_operator_call(call, match):
+def test_direct_backward_checks_grad_out():
     if not mtl_ops.backends.LIBRARIES["cpp"].loaded:
         pytest.skip("compiled library not loaded")
-    with pytest.raises(RuntimeError, match=match):
-        call(*_inputs())
-
-
-# ---- CUDA (skipped without a GPU) ---------------------------------------------------------------------
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("backend", backend_params(OP, "cuda"))
-@pytest.mark.parametrize("M", [1, "C"], ids=["spatial", "channel"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", SHAPES + [(4, 8, 64, 72, 96)], ids=str)
-def test_parity_cuda(backend, M, dtype, shape):
-    check_against_reference(backend, shape, M, dtype, "cuda")
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("backend", backend_params(OP, "cuda"))
-def test_opcheck_and_determinism_cuda(backend):
-    forward, backward = _op_pair(backend)
-    f, m = make_inputs((3, 2, 16, 33, 35), 1, torch.float32, "cuda")
-    torch.library.opcheck(forward, (f.requires_grad_(), m.requires_grad_()))
-    dy = torch.randn(3, 2, 16, 33, 35, device="cuda")
-    first = backward(dy, f.detach(), m.detach())
-    assert all(torch.equal(a, b) for a, b in zip(first, backward(dy, f.detach(), m.detach())))
-
-
-@requires_cuda
-def test_auto_backend_on_cuda_is_fused():
-    from mtl_ops.backends import select_backend
-
-    assert select_backend(OP, torch.device("cuda")) in ("cuda", "triton")
+    f, m = suite.sample().args
+    with pytest.raises(RuntimeError, match=r"grad_out must be \(T, B, C, h, w\)"):
+        torch.ops.mtl_ops.sfa_apply_backward(f, f, m)

@@ -9,12 +9,27 @@ import pytest
 import torch
 from harness import TOLERANCES, backend_params, global_matmul_precision, matmul_precision_snapshot
 from test_cka import make_features
-from test_ctal_affinity import assert_scaled_close, make_inputs, run_with_grads
+from test_ctal_affinity import suite as ctal_suite
 
 import mtl_ops
 from mtl_ops.ops import cka, ctal_affinity
 from mtl_ops.reference import cka as cka_reference
 from mtl_ops.reference import ctal_affinity as ctal_reference
+
+def make_inputs(cfg, device="cpu"):
+    """x, v, weight, bias of ctal_affinity (the inputs of its op suite)."""
+    return ctal_suite.make(cfg, device=device).args[:4]
+
+
+def run_with_grads(fn, inputs, grad_out):
+    leaves = [t.detach().requires_grad_() for t in inputs]
+    y = fn(*leaves)
+    return y, torch.autograd.grad(y, leaves, grad_out)
+
+
+def assert_scaled_close(actual, expected, dtype, what):
+    ctal_suite.assert_close(actual, expected, dtype, "reduction", what, scaled=True)
+
 
 needs_cpp = pytest.mark.skipif(not mtl_ops.backends.LIBRARIES["cpp"].loaded, reason="compiled library not loaded")
 

@@ -19,7 +19,7 @@ from mtl_ops.reference import gated_residual as gated_reference
 from mtl_ops.reference import ms_attention_mix as mix_reference
 from mtl_ops.reference import routed_primitive_gather as rpg_reference
 from mtl_ops.reference import sfa_apply as sfa_reference
-from mtl_ops.triton import _launch, load
+from mtl_ops.triton import _launch, limits, load
 from mtl_ops.triton._launch import block_start
 
 OPS = ("gated_residual", "sfa_apply", "ms_attention_mix", "ctal_affinity", "routed_primitive_gather")
@@ -200,8 +200,28 @@ def test_sfa_mask_offsets_past_2_31(spatial):
 def test_plane_check_names_the_plane():
     with pytest.raises(ValueError, match=r"sfa_apply: one feature plane \(h\*w\) must have at most 2147418112 "
                                          r"elements for the triton backend, got 2147483648"):
-        _launch.check_plane("sfa_apply: one feature plane (h*w)", 2 ** 31)
-    _launch.check_plane("fits", _launch.PLANE_MAX)
+        _launch.require(limits.plane("sfa_apply: one feature plane (h*w)", 2 ** 31))
+    _launch.require(limits.plane("fits", limits.PLANE_MAX))
+
+
+@pytest.mark.triton
+def test_inputs_past_the_plane_limit_fall_back_or_say_why(monkeypatch):
+    # The op layer asks the same limits before choosing Triton (the limit lowered so tiny inputs pass it): an
+    # explicit backend="triton" refuses with the reason, backend=None takes the next backend.
+    from mtl_ops import backends
+    from mtl_ops.backends import BackendUnavailableError
+
+    monkeypatch.setattr(limits, "PLANE_MAX", 11)
+    f, m = _randn(1, 2, 3, 4, seed=0).to(DEVICE), _randn(2, 1, 1, 3, 4, seed=1).to(DEVICE)
+    with pytest.raises(BackendUnavailableError, match=r"backend 'triton' .* unavailable: sfa_apply: one feature "
+                                                      r"plane \(h\*w\) must have at most 11 elements"):
+        sfa_apply(f, m, backend="triton")
+    monkeypatch.setitem(backends._PREFERENCE, DEVICE, ("triton", "reference"))  # Triton first, then the reference
+    spec = sfa_apply.__globals__["SPEC"]
+    assert backends.select_backend("sfa_apply", torch.device(DEVICE), None, spec.can_run, (f, m)) == "reference"
+    torch.testing.assert_close(sfa_apply(f, m), sfa_reference(f, m))
+    monkeypatch.setattr(limits, "PLANE_MAX", 12)  # the plane fits again: Triton is chosen
+    assert backends.select_backend("sfa_apply", torch.device(DEVICE), None, spec.can_run, (f, m)) == "triton"
 
 
 # ---- real limits on a GPU (skipped without one) ----------------------------------------------------------

@@ -1,52 +1,51 @@
-// Argument checks and geometry of ctal_affinity, shared by the CPU and CUDA entry points.
-// mtl_ops/ops/ctal_affinity.py runs the same checks in Python before any backend.
+// Argument checks and geometry of ctal_affinity, shared by the CPU and CUDA entry points. The Python layer makes
+// the same checks (same exception types and messages) only for the reference and Triton backends and its fake
+// kernels; tests/op_suite.py checks that both say the same.
 #pragma once
 #include <ATen/ATen.h>
 
+#include <vector>
+
+#include "accumulate_type.h"
 #include "macros.h"
+#include "py_format.h"
 
 namespace mtl_ops {
 
-inline bool ctal_is_floating(at::ScalarType dt) {
-  return dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16;
-}
-
 inline void check_ctal_affinity_args(const at::Tensor& x, const at::Tensor& v, const at::Tensor& weight,
                                      const at::Tensor& bias) {
-  TORCH_CHECK(x.dim() == 5, "ctal_affinity: x must have shape (B, T, C, H, W), got ", x.sizes());
-  TORCH_CHECK(v.sizes() == x.sizes(), "ctal_affinity: v must have the shape of x ", x.sizes(), ", got ", v.sizes());
+  TORCH_CHECK_VALUE(x.dim() == 5, "ctal_affinity: x must have shape (B, T, C, H, W), got ", py_shape(x.sizes()));
+  TORCH_CHECK_VALUE(v.sizes() == x.sizes(), "ctal_affinity: v must have the shape of x ", py_shape(x.sizes()),
+                    ", got ", py_shape(v.sizes()));
   const int64_t T = x.size(1), N = x.size(3) * x.size(4);
-  TORCH_CHECK(ctal_is_floating(x.scalar_type()), "ctal_affinity: x must be float32, float64, float16 or bfloat16, got ",
-              x.scalar_type());
-  TORCH_CHECK(v.scalar_type() == x.scalar_type(), "ctal_affinity: v must have the dtype of x (", x.scalar_type(),
-              "), got ", v.scalar_type());
-  TORCH_CHECK(weight.dim() == 4 || weight.dim() == 5,
-              "ctal_affinity: weight must have shape (N, T, k, k) or (T, N, T, k, k) with N = H*W = ", N,
-              ", T = ", T, ", got ", weight.sizes());
+  TORCH_CHECK_VALUE(weight.dim() == 4 || weight.dim() == 5,
+                    "ctal_affinity: weight must have shape (N, T, k, k) or (T, N, T, k, k) with N = H*W = ", N,
+                    ", T = ", T, ", got ", py_shape(weight.sizes()));
   const bool per_task = weight.dim() == 5;
   const int64_t k = weight.size(-1);
   const bool shape_ok = per_task ? (weight.size(0) == T && weight.size(1) == N && weight.size(2) == T &&
                                     weight.size(3) == k)
                                  : (weight.size(0) == N && weight.size(1) == T && weight.size(2) == k);
-  TORCH_CHECK(shape_ok, "ctal_affinity: weight must have shape ", per_task ? "(T, N, T, k, k)" : "(N, T, k, k)",
-              " with N = H*W = ", N, ", T = ", T, ", got ", weight.sizes());
-  TORCH_CHECK(k >= 1 && k % 2 == 1, "ctal_affinity: the kernel size k must be odd, got k = ", k);
-  if (per_task) {
-    TORCH_CHECK(bias.dim() == 2 && bias.size(0) == T && bias.size(1) == N,
-                "ctal_affinity: bias must have shape (T, N) = (", T, ", ", N, ") for per-task weight, got ",
-                bias.sizes());
-  } else {
-    TORCH_CHECK(bias.dim() == 1 && bias.size(0) == N, "ctal_affinity: bias must have shape (N,) = (", N,
-                ",) for shared weight, got ", bias.sizes());
-  }
-  TORCH_CHECK(weight.scalar_type() == x.scalar_type() || weight.scalar_type() == at::kFloat,
-              "ctal_affinity: weight must be float32 or the dtype of x (", x.scalar_type(), "), got ",
-              weight.scalar_type());
-  TORCH_CHECK(bias.scalar_type() == weight.scalar_type(), "ctal_affinity: bias must have the dtype of weight (",
-              weight.scalar_type(), "), got ", bias.scalar_type());
-  TORCH_CHECK(v.device() == x.device() && weight.device() == x.device() && bias.device() == x.device(),
-              "ctal_affinity: x, v, weight and bias must be on one device, got ", x.device(), ", ", v.device(), ", ",
-              weight.device(), " and ", bias.device());
+  TORCH_CHECK_VALUE(shape_ok, "ctal_affinity: weight must have shape ", per_task ? "(T, N, T, k, k)" : "(N, T, k, k)",
+                    " with N = H*W = ", N, ", T = ", T, ", got ", py_shape(weight.sizes()));
+  TORCH_CHECK_VALUE(k >= 1 && k % 2 == 1, "ctal_affinity: the kernel size k must be odd, got k = ", k);
+  const std::vector<int64_t> want_bias = per_task ? std::vector<int64_t>{T, N} : std::vector<int64_t>{N};
+  TORCH_CHECK_VALUE(bias.sizes() == at::IntArrayRef(want_bias), "ctal_affinity: bias must have shape ",
+                    py_shape(want_bias), " for ", per_task ? "per-task" : "shared", " weight, got ",
+                    py_shape(bias.sizes()));
+  const auto dt = x.scalar_type();
+  TORCH_CHECK_TYPE(is_fused_floating(dt), "ctal_affinity: x must be float32, float64, float16 or bfloat16, got ",
+                   py_dtype(dt));
+  TORCH_CHECK_TYPE(v.scalar_type() == dt, "ctal_affinity: v must have the dtype of x (", py_dtype(dt), "), got ",
+                   py_dtype(v.scalar_type()));
+  TORCH_CHECK_TYPE(weight.scalar_type() == dt || weight.scalar_type() == at::kFloat,
+                   "ctal_affinity: weight must be float32 or the dtype of x (", py_dtype(dt), "), got ",
+                   py_dtype(weight.scalar_type()));
+  TORCH_CHECK_TYPE(bias.scalar_type() == weight.scalar_type(), "ctal_affinity: bias must have the dtype of weight (",
+                   py_dtype(weight.scalar_type()), "), got ", py_dtype(bias.scalar_type()));
+  TORCH_CHECK_VALUE(v.device() == x.device() && weight.device() == x.device() && bias.device() == x.device(),
+                    "ctal_affinity: x, v, weight and bias must be on one device, got ", x.device(), ", ", v.device(),
+                    ", ", weight.device(), " and ", bias.device());
 }
 
 // The grid of the reassociated kernels. Features are zero-padded by p = k/2 on every side of the H x W grid
@@ -65,8 +64,5 @@ struct CtalGeometry {
   // Flat offset of tap (ky, kx) on the padded grid: key pixel (y + ky - p, x + kx - p) of query (y, x).
   int64_t offset(int64_t tap) const { return (tap / k - p) * Wp + (tap % k - p); }
 };
-
-// The accumulation dtype: fp64 for fp64 inputs, fp32 otherwise.
-inline at::ScalarType ctal_accumulate_type(at::ScalarType dt) { return dt == at::kDouble ? at::kDouble : at::kFloat; }
 
 }  // namespace mtl_ops

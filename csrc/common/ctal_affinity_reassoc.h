@@ -82,7 +82,7 @@ inline std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x, const at:
   at::AutoDispatchBelowADInplaceOrView below_autograd;  // a kernel: the operator's own autograd differentiates it
   const Fp32MatmulPrecisionGuard precision(allow_tf32, x.device().type());
   const CtalGeometry g(x, weight);
-  const auto acc = ctal_accumulate_type(x.scalar_type());
+  const auto acc = accumulate_type_of(x.scalar_type());
   const int64_t TC = g.T * g.C;
   auto xa = x.to(acc).contiguous().reshape({g.B, g.T, g.C, g.N});
   auto va = v.to(acc).contiguous().reshape({g.B, g.T, g.C, g.N});
@@ -118,7 +118,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const Fp32MatmulPrecisionGuard precision(allow_tf32, x.device().type());
   const CtalGeometry g(x, weight);
-  const auto acc = ctal_accumulate_type(x.scalar_type());
+  const auto acc = accumulate_type_of(x.scalar_type());
   const int64_t TC = g.T * g.C;
   TORCH_CHECK(grad_out.sizes() == x.sizes(), "ctal_affinity_backward: grad_out must match x ", x.sizes(), ", got ",
               grad_out.sizes());

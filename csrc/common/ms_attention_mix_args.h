@@ -1,40 +1,44 @@
-// Argument checks of ms_attention_mix, shared by the CPU and CUDA entry points. mtl_ops/ops/ms_attention_mix.py
-// runs the same checks in Python before any backend.
+// Argument checks of ms_attention_mix, shared by the CPU and CUDA entry points. The Python layer makes the same
+// checks (same exception types and messages) only for the reference and Triton backends and its fake kernels;
+// tests/op_suite.py checks that both say the same.
 #pragma once
 #include <ATen/ATen.h>
 
 #include "accumulate_type.h"
+#include "py_format.h"
 
 namespace mtl_ops {
 
+// mtl_ops/common/limits.py MAX_SCALES (tests/test_constants.py reads this through mtl_ops::_constant).
 constexpr int64_t kMaxScales = 8;
 
 inline void check_ms_attention_mix_args(at::TensorList values, at::TensorList logits, at::IntArrayRef size) {
   const auto S = static_cast<int64_t>(values.size());
-  TORCH_CHECK(S >= 1 && S <= kMaxScales, "ms_attention_mix: values must hold 1 to ", kMaxScales,
+  TORCH_CHECK_VALUE(S >= 1 && S <= kMaxScales, "ms_attention_mix: values must hold 1 to ", kMaxScales,
               " tensors (one per scale), got ", S);
-  TORCH_CHECK(static_cast<int64_t>(logits.size()) == S, "ms_attention_mix: logits must hold one tensor per scale (",
+  TORCH_CHECK_VALUE(static_cast<int64_t>(logits.size()) == S, "ms_attention_mix: logits must hold one tensor per scale (",
               S, "), got ", logits.size());
-  TORCH_CHECK(size.size() == 2 && size[0] > 0 && size[1] > 0,
+  TORCH_CHECK_VALUE(size.size() == 2 && size[0] > 0 && size[1] > 0,
               "ms_attention_mix: size must be two positive integers (H, W), got ", size);
   const auto& v0 = values[0];
-  TORCH_CHECK(v0.dim() == 4, "ms_attention_mix: values[0] must be 4-d (B, K, h, w), got ", v0.dim(), "-d");
+  TORCH_CHECK_VALUE(v0.dim() == 4, "ms_attention_mix: values[0] must be 4-d (B, K, h, w), got ", v0.dim(), "-d");
   const auto dt = v0.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
-              "ms_attention_mix: values must be float32, float64, float16 or bfloat16, got ", dt);
+  TORCH_CHECK_TYPE(is_fused_floating(dt), "ms_attention_mix: values must be float32, float64, float16 or bfloat16, got ",
+                   py_dtype(dt));
   for (int64_t s = 0; s < S; ++s) {
     const auto& v = values[s];
     const auto& l = logits[s];
-    TORCH_CHECK(v.dim() == 4 && v.size(0) == v0.size(0) && v.size(1) == v0.size(1) && v.size(2) > 0 && v.size(3) > 0,
+    TORCH_CHECK_VALUE(v.dim() == 4 && v.size(0) == v0.size(0) && v.size(1) == v0.size(1) && v.size(2) > 0 && v.size(3) > 0,
                 "ms_attention_mix: values[", s, "] must have shape (B, K, h, w) = (", v0.size(0), ", ", v0.size(1),
-                ", h>0, w>0), got ", v.sizes());
-    TORCH_CHECK(l.dim() == 4 && l.size(0) == v.size(0) && l.size(1) == 1 && l.size(2) == v.size(2) &&
+                ", h>0, w>0), got ", py_shape(v.sizes()));
+    TORCH_CHECK_VALUE(l.dim() == 4 && l.size(0) == v.size(0) && l.size(1) == 1 && l.size(2) == v.size(2) &&
                     l.size(3) == v.size(3),
                 "ms_attention_mix: logits[", s, "] must have shape (B, 1, h, w) = (", v.size(0), ", 1, ", v.size(2),
-                ", ", v.size(3), "), got ", l.sizes());
-    TORCH_CHECK(v.scalar_type() == dt && l.scalar_type() == dt, "ms_attention_mix: values[", s, "] and logits[", s,
-                "] must have the dtype of values[0] (", dt, "), got ", v.scalar_type(), " and ", l.scalar_type());
-    TORCH_CHECK(v.device() == v0.device() && l.device() == v0.device(),
+                ", ", v.size(3), "), got ", py_shape(l.sizes()));
+    TORCH_CHECK_TYPE(v.scalar_type() == dt && l.scalar_type() == dt, "ms_attention_mix: values[", s, "] and logits[", s,
+                     "] must have the dtype of values[0] (", py_dtype(dt), "), got ", py_dtype(v.scalar_type()), " and ",
+                     py_dtype(l.scalar_type()));
+    TORCH_CHECK_VALUE(v.device() == v0.device() && l.device() == v0.device(),
                 "ms_attention_mix: all tensors must be on one device (", v0.device(), "), got values[", s, "] on ",
                 v.device(), " and logits[", s, "] on ", l.device());
   }

@@ -1,5 +1,6 @@
 // Per-pixel math of ETR-NLP's non-learnable primitives, shared by the CPU and CUDA kernels of
-// routed_primitive_gather (codes as mtl_ops/reference/primitive_kinds.py).
+// routed_primitive_gather (codes as mtl_ops/common/primitive_kinds.py; tests/test_constants.py compares them through
+// mtl_ops::_constant).
 //
 // The kernels read each input channel from a PADDED plane (zeros around it, at least the largest primitive
 // radius wide; max pool reads a second copy padded with -inf, so padding never wins), which removes every

@@ -17,7 +17,7 @@ from typing import Dict, List, Union
 import torch
 from torch import nn
 
-from ..utils.optional import require
+from ..common.optional import require
 from .backbones import SelectMaps, TimmBackbone, TorchvisionBackbone
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..ops import routed_primitive_gather, routed_primitive_gather_linear
-from ..reference.primitive_kinds import LINEAR_KINDS
+from ..common.primitive_kinds import LINEAR_KINDS
 from .etr_nlp_primitives import DEFAULT_PRIMITIVES, make_frozen, parse_primitive
 from .task_batchnorm import TaskBatchNorm2d
 

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from ..reference.primitive_kinds import (AVG_POOL, DENSE_CONV, DW_CONV, IDENTITY, MAX_POOL, NOISE, SHIFT)
+from ..common.primitive_kinds import (AVG_POOL, DENSE_CONV, DW_CONV, IDENTITY, MAX_POOL, NOISE, SHIFT)
 
 DEFAULT_PRIMITIVES = ("dw_conv", "dilated_dw_conv", "noise", "avg_pool", "max_pool")
 NOISE_STD = 0.1

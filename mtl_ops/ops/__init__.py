@@ -1,4 +1,6 @@
-"""Public functional ops. Each chooses a backend (see mtl_ops.backends) and is differentiable."""
+"""Public functional ops. Each module holds one op: its public function (the docstring is the contract) and its
+spec (``_fused.FusedOp``), from which ``_fused.register`` builds the operators' fakes and autograd and the
+backend choice (see mtl_ops.backends)."""
 from .gated_residual import gated_residual
 
 __all__ = ["gated_residual"]

@@ -22,19 +22,38 @@ from __future__ import annotations
 import torch
 
 from .. import reference
-from ..backends import register_op, select_backend
-from ..reference.cka import check_args
-from ._registration import compiled_op
+from ..common.cka_args import check_args
+from ..common.dtypes import accumulate_dtype
+from ._fused import FusedOp, register
 
-OP = "cka"
-register_op(OP, ("reference", "cpp", "cuda"))
 
-_FUSED = compiled_op("cka_forward")
-if _FUSED is not None:
-    @torch.library.register_fake("mtl_ops::cka_forward")
-    def _forward_fake(features, debiased, allow_tf32=False):
-        dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
-        return features.new_empty((features.shape[0], features.shape[0]), dtype=dtype)
+def _parse(features, debiased):
+    if not isinstance(features, torch.Tensor):
+        raise TypeError(f"cka: features must be a torch.Tensor, got {type(features).__name__}")
+    return features, bool(debiased)
+
+
+def _forward_fake(features, debiased, allow_tf32=False):
+    return features.new_empty((features.shape[0], features.shape[0]), dtype=accumulate_dtype(features.dtype))
+
+
+def _can_run(backend, features, debiased):
+    if backend != "reference" and features.requires_grad and torch.is_grad_enabled():
+        return (f"the {backend} backend is forward only, but features requires grad; pass features.detach(), run "
+                "under torch.no_grad(), or use backend='reference' to differentiate")
+    return None
+
+
+SPEC = FusedOp(
+    name="cka",
+    backends=("reference", "cpp", "cuda"),
+    reference=lambda features, debiased: reference.cka(features, debiased=debiased),
+    parse=_parse,
+    check=check_args,
+    forward_fake=_forward_fake,
+    can_run=_can_run,
+)
+_OP = register(SPEC)
 
 
 def cka(features: torch.Tensor, *, debiased: bool = True, backend: str | None = None,
@@ -54,14 +73,9 @@ def cka(features: torch.Tensor, *, debiased: bool = True, backend: str | None = 
 
     Returns:
         (T, T) symmetric, float64 for float64 input and float32 otherwise (the GEMMs and each strip's T×T
-        reduction in that dtype; the sum over strips and the centring algebra in float64). Forward only: the fused backends refuse features
-        that require grad while grad mode is on (use ``backend="reference"`` to differentiate CKA).
+        reduction in that dtype; the sum over strips and the centring algebra in float64). Takes any floating
+        dtype, so it needs no autocast rule. Forward only: the fused backends cannot run features that require
+        grad while grad mode is on; ``backend=None`` then runs the (differentiable) reference, and naming a fused
+        backend raises ``BackendUnavailableError``.
     """
-    check_args(features, debiased)
-    chosen = select_backend(OP, features.device, backend)
-    if chosen == "reference":
-        return reference.cka(features, debiased=debiased)
-    if features.requires_grad and torch.is_grad_enabled():
-        raise ValueError(f"cka: the {chosen} backend is forward only, but features requires grad; pass "
-                         "features.detach(), run under torch.no_grad(), or use backend='reference' to differentiate")
-    return _FUSED(features, bool(debiased), bool(allow_tf32))
+    return _OP((features, debiased), backend, (bool(allow_tf32),))

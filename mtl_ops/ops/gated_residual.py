@@ -2,30 +2,21 @@
 
     y[t] = gates[t, 0] * relu(residual[t] + branch[t]) + gates[t, 1] * residual[t]
 
-Operators: ``mtl_ops::gated_residual_forward`` / ``_backward`` (C++; CPU and CUDA kernels, schemas in
-csrc/ops.cpp) and ``mtl_ops::gated_residual_forward_triton`` / ``_backward_triton`` (Triton, defined here).
-Each has a fake kernel and autograd; the public function applies ``GatedResidualFunction``, whose forward
-and backward call the chosen backend's operators (the reference backend is plain autograd).
+Operators: ``mtl_ops::gated_residual_forward`` / ``_backward`` (C++, CPU and CUDA) and ``..._triton``. The
+backward saves the three inputs and recomputes relu(residual + branch) instead of storing it.
 """
 from __future__ import annotations
 
 import torch
 
 from .. import reference
-from ..backends import register_op, select_backend
-from ._layout import task_major_pair
-from ._registration import kernel_table
-
-OP = "gated_residual"
-register_op(OP, ("reference", "cpp", "cuda", "triton"))
-_FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+from ..common.dtypes import FLOATING, FLOATING_NAMES
+from ..common.layout import task_major_pair
+from ._fused import FusedOp, Promote, register, tensor_args
 
 
 def check_args(residual, branch, gates) -> None:
-    """The argument checks of every backend (csrc/common/gated_residual_args.h says the same in C++)."""
-    for name, t in (("residual", residual), ("branch", branch), ("gates", gates)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"gated_residual: {name} must be a torch.Tensor, got {type(t).__name__}")
+    """The value rules (csrc/common/gated_residual_args.h makes the same checks for the C++ operators)."""
     if residual.dim() < 1:
         raise ValueError("gated_residual: residual must have a leading task dimension T, got a 0-d tensor")
     if branch.shape != residual.shape:
@@ -34,8 +25,8 @@ def check_args(residual, branch, gates) -> None:
     T = residual.shape[0]
     if gates.dim() != 2 or gates.shape[0] != T or gates.shape[1] != 2:
         raise ValueError(f"gated_residual: gates must have shape (T, 2) = ({T}, 2), got {tuple(gates.shape)}")
-    if residual.dtype not in _FLOATING:
-        raise TypeError(f"gated_residual: residual must be float32, float64, float16 or bfloat16, got {residual.dtype}")
+    if residual.dtype not in FLOATING:
+        raise TypeError(f"gated_residual: residual must be {FLOATING_NAMES}, got {residual.dtype}")
     if branch.dtype != residual.dtype:
         raise TypeError(f"gated_residual: branch must have the dtype of residual ({residual.dtype}), got {branch.dtype}")
     if gates.dtype not in (residual.dtype, torch.float32):
@@ -46,8 +37,7 @@ def check_args(residual, branch, gates) -> None:
                          f"{branch.device} and {gates.device}")
 
 
-# Fake kernels: shapes, dtypes and strides of the real outputs (see _layout for the stride rule).
-def _forward_fake(residual, branch, gates):
+def _forward_fake(residual, branch, gates):  # the output takes the layout the kernels run in (common.layout)
     return torch.empty_like(task_major_pair(residual, branch)[0])
 
 
@@ -56,56 +46,19 @@ def _backward_fake(grad_out, residual, branch, gates):
     return torch.empty_like(r), torch.empty_like(r), gates.new_empty(gates.shape[0], 2)
 
 
-@torch.library.custom_op("mtl_ops::gated_residual_forward_triton", mutates_args=())
-def _triton_forward(residual: torch.Tensor, branch: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-    from ..triton import load
-
-    return load("gated_residual").forward(residual, branch, gates)
-
-
-@torch.library.custom_op("mtl_ops::gated_residual_backward_triton", mutates_args=())
-def _triton_backward(grad_out: torch.Tensor, residual: torch.Tensor, branch: torch.Tensor,
-                     gates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from ..triton import load
-
-    return load("gated_residual").backward(grad_out, residual, branch, gates)
-
-
-_KERNELS = kernel_table("gated_residual", _triton_forward, _triton_backward, _forward_fake,
-                        _backward_fake)
-
-
-class GatedResidualFunction(torch.autograd.Function):
-    """Differentiable gated residual on a fused backend: forward and backward are one kernel each; the
-    backward recomputes relu(residual + branch) from the saved inputs instead of storing it."""
-
-    @staticmethod
-    def forward(residual, branch, gates, backend: str):
-        return _KERNELS[backend][0](residual, branch, gates)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        residual, branch, gates, backend = inputs
-        ctx.save_for_backward(residual, branch, gates)
-        ctx.backend = backend
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        d_residual, d_branch, d_gates = _KERNELS[ctx.backend][1](grad_out, *ctx.saved_tensors)
-        return d_residual, d_branch, d_gates, None
-
-
-def _autocast_promote(residual, branch, gates):
-    """Under autocast, activations can arrive in two dtypes (a half conv output beside an fp32 skip path):
-    run in the wider one, as PyTorch's element-wise ops do. Gates of another dtype go to fp32."""
-    if not torch.is_autocast_enabled(residual.device.type) or residual.dtype not in _FLOATING:
-        return residual, branch, gates
-    if branch.dtype != residual.dtype and branch.dtype in _FLOATING:
-        common = torch.promote_types(residual.dtype, branch.dtype)
-        residual, branch = residual.to(common), branch.to(common)
-    if gates.dtype not in (residual.dtype, torch.float32) and gates.dtype in _FLOATING:
-        gates = gates.float()
-    return residual, branch, gates
+SPEC = FusedOp(
+    name="gated_residual",
+    backends=("reference", "cpp", "cuda", "triton"),
+    reference=reference.gated_residual,
+    parse=tensor_args("gated_residual", "residual", "branch", "gates"),
+    check=check_args,
+    forward_fake=_forward_fake,
+    backward_fake=_backward_fake,
+    triton_schemas=("(Tensor residual, Tensor branch, Tensor gates) -> Tensor",
+                    "(Tensor grad_out, Tensor residual, Tensor branch, Tensor gates) -> (Tensor, Tensor, Tensor)"),
+    autocast=Promote(same=(0, 1), params=(2,)),
+)
+_OP = register(SPEC)
 
 
 def gated_residual(residual: torch.Tensor, branch: torch.Tensor, gates: torch.Tensor, *,
@@ -122,11 +75,7 @@ def gated_residual(residual: torch.Tensor, branch: torch.Tensor, gates: torch.Te
             "cpp", "cuda" or "triton".
 
     Returns (T, B, C, H, W) in residual's dtype. Differentiable in all three inputs; the gate gradients are
-    reduced in fp32 (fp64 for fp64 inputs) and deterministically.
+    reduced in fp32 (fp64 for fp64 inputs) and deterministically. Under autocast, residual and branch of two
+    floating dtypes run in the wider one, and gates of a third dtype in fp32.
     """
-    residual, branch, gates = _autocast_promote(residual, branch, gates)
-    check_args(residual, branch, gates)
-    chosen = select_backend(OP, residual.device, backend)
-    if chosen == "reference":
-        return reference.gated_residual(residual, branch, gates)
-    return GatedResidualFunction.apply(residual, branch, gates, chosen)
+    return _OP((residual, branch, gates), backend)

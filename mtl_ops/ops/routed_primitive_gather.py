@@ -1,16 +1,14 @@
-"""routed_primitive_gather: ETR-NLP's block for T routes at once (spec ctal_etrnlp.md §2.2, §2.7).
+"""routed_primitive_gather: ETR-NLP's block for T routes at once.
 
 For route t (the t-th slice of B samples of x):
 
     y[:, :C_sh]  = Conv1x1_groups(channel_shuffle(concat_p prim_p(x)))    shared by every task
     y[:, C_sh:]  = Conv3x3_t(x, stride)                                  task t's own branch
 
-Operators: ``mtl_ops::routed_primitive_gather_forward`` / ``_backward`` (C++; CPU and CUDA kernels, schemas
-in csrc/ops.cpp) and ``..._forward_triton`` / ``..._backward_triton`` (Triton, defined
-here). Each has a fake kernel and autograd; the public function applies ``RoutedPrimitiveGatherFunction``, whose forward and
-backward call the chosen backend's operators (the reference backend is plain autograd). The CPU and Triton
-kernels never materialise the primitive bank (the CUDA kernel holds it in chunks of images, for its GEMMs);
-the backward recomputes the responses (max-pool argmax included).
+Operators: ``mtl_ops::routed_primitive_gather_forward`` / ``_backward`` (C++, CPU and CUDA) and
+``..._triton``. The CPU and Triton kernels never materialise the primitive bank (the CUDA kernel holds it in
+chunks of images, for its GEMMs); the backward saves the tensors and recomputes the responses (max-pool argmax
+included); the frozen primitives get no gradient.
 """
 from __future__ import annotations
 
@@ -19,25 +17,37 @@ import math
 import torch
 
 from .. import reference
-from ..backends import register_op, select_backend
-from ..reference.primitive_kinds import DENSE_CONV, DW_CONV, KIND_NAMES, NOISE, output_size
-from ._registration import kernel_table
+from ..common.dtypes import FLOATING, FLOATING_NAMES
+from ..common.primitive_kinds import DENSE_CONV, DW_CONV, KIND_NAMES, NOISE, output_size
+from ..triton import limits
+from ._fused import FusedOp, Promote, register
 
-OP = "routed_primitive_gather"
-register_op(OP, ("reference", "cpp", "cuda", "triton"))
-_FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_TENSORS = ((0, "x"), (4, "w_shared"), (5, "b_shared"), (6, "w_task"), (7, "b_task"))
+
+
+def parse_args(x, kinds, params, frozen, w_shared, b_shared, w_task, b_task, stride, groups) -> tuple:
+    """The argument types, and the primitive sequences as lists (the linear fast path parses the same way)."""
+    op = "routed_primitive_gather: "
+    args = (x, list(kinds), list(params), list(frozen), w_shared, b_shared, w_task, b_task, stride, groups)
+    for i, name in _TENSORS:
+        if not isinstance(args[i], torch.Tensor):
+            raise TypeError(f"{op}{name} must be a torch.Tensor, got {type(args[i]).__name__}")
+    for p, f in enumerate(args[3]):
+        if not isinstance(f, torch.Tensor):
+            raise TypeError(f"{op}frozen[{p}] must be a torch.Tensor, got {type(f).__name__}")
+    for name, n in (("stride", stride), ("groups", groups)):
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"{op}{name} must be an int >= 1, got {n!r}")
+    return args
 
 
 def check_args(x, kinds, params, frozen, w_shared, b_shared, w_task, b_task, stride, groups) -> None:
-    """The argument checks of every backend (csrc/common/rpg_args.h says the same in C++)."""
+    """The value rules (csrc/common/rpg_args.h makes the same checks for the C++ operators)."""
     op = "routed_primitive_gather: "
-    for name, t in (("x", x), ("w_shared", w_shared), ("b_shared", b_shared), ("w_task", w_task), ("b_task", b_task)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{op}{name} must be a torch.Tensor, got {type(t).__name__}")
     if x.dim() != 4:
         raise ValueError(f"{op}x must be (T*B, C_in, H, W), got shape {tuple(x.shape)}")
-    if x.dtype not in _FLOATING:
-        raise TypeError(f"{op}x must be float32, float64, float16 or bfloat16, got {x.dtype}")
+    if x.dtype not in FLOATING:
+        raise TypeError(f"{op}x must be {FLOATING_NAMES}, got {x.dtype}")
     k = len(kinds)
     if k < 1:
         raise ValueError(f"{op}kinds must name at least one primitive, got none")
@@ -45,9 +55,9 @@ def check_args(x, kinds, params, frozen, w_shared, b_shared, w_task, b_task, str
         raise ValueError(f"{op}params must hold 2 ints per primitive ({2 * k}), got {len(params)}")
     if len(frozen) != k:
         raise ValueError(f"{op}frozen must hold one tensor per primitive ({k}), got {len(frozen)}")
-    if not isinstance(stride, int) or stride < 1:
+    if stride < 1:
         raise ValueError(f"{op}stride must be an int >= 1, got {stride!r}")
-    if not isinstance(groups, int) or groups < 1:
+    if groups < 1:
         raise ValueError(f"{op}groups must be an int >= 1, got {groups!r}")
     if w_task.dim() != 5 or w_task.shape[3:] != (3, 3) or w_task.shape[0] < 1:
         raise ValueError(f"{op}w_task must be (T, C_sp, C_in, 3, 3), got shape {tuple(w_task.shape)}")
@@ -80,8 +90,6 @@ def check_args(x, kinds, params, frozen, w_shared, b_shared, w_task, b_task, str
         kind, a, f = kinds[p], params[2 * p], frozen[p]
         if not isinstance(kind, int) or not 0 <= kind < len(KIND_NAMES):
             raise ValueError(f"{op}kinds[{p}] must be a primitive code in [0, {len(KIND_NAMES)}), got {kind!r}")
-        if not isinstance(f, torch.Tensor):
-            raise TypeError(f"{op}frozen[{p}] must be a torch.Tensor, got {type(f).__name__}")
         if f.device != x.device:
             raise ValueError(f"{op}frozen[{p}] must be on x's device ({x.device}), got {f.device}")
         if kind in (DW_CONV, DENSE_CONV):
@@ -92,17 +100,13 @@ def check_args(x, kinds, params, frozen, w_shared, b_shared, w_task, b_task, str
                 raise ValueError(f"{op}frozen[{p}] must be a ({C}, {cin}, 3, 3) kernel, got shape {tuple(f.shape)}")
         elif kind == NOISE and (f.dim() != 3 or f.shape[0] != C or min(f.shape[1:]) < 1):
             raise ValueError(f"{op}frozen[{p}] must be a ({C}, Hn, Wn) noise mask, got shape {tuple(f.shape)}")
-        if kind in (DW_CONV, DENSE_CONV, NOISE) and f.dtype not in _FLOATING:
+        if kind in (DW_CONV, DENSE_CONV, NOISE) and f.dtype not in FLOATING:
             raise TypeError(f"{op}frozen[{p}] must be floating, got {f.dtype}")
 
 
-def _out_shape(x, w_shared, w_task, stride):
-    N, _, H, W = x.shape
-    return N, w_shared.shape[0] + w_task.shape[1], output_size(H, stride), output_size(W, stride)
-
-
 def _forward_fake(x, kinds, params, frozen, w_shared, b_shared, w_task, b_task, stride, groups):
-    return x.new_empty(_out_shape(x, w_shared, w_task, stride))
+    N, _, H, W = x.shape
+    return x.new_empty(N, w_shared.shape[0] + w_task.shape[1], output_size(H, stride), output_size(W, stride))
 
 
 def _backward_fake(grad_out, x, kinds, params, frozen, w_shared, b_shared, w_task, b_task, stride, groups):
@@ -110,73 +114,30 @@ def _backward_fake(grad_out, x, kinds, params, frozen, w_shared, b_shared, w_tas
             torch.empty_like(b_shared), torch.empty_like(w_task), torch.empty_like(b_task))
 
 
-@torch.library.custom_op("mtl_ops::routed_primitive_gather_forward_triton", mutates_args=())
-def _triton_forward(x: torch.Tensor, kinds: list[int], params: list[int], frozen: list[torch.Tensor],
-                    w_shared: torch.Tensor, b_shared: torch.Tensor, w_task: torch.Tensor, b_task: torch.Tensor,
-                    stride: int, groups: int) -> torch.Tensor:
-    from ..triton import load
-
-    return load("routed_primitive_gather").forward(x, kinds, params, frozen, w_shared, b_shared, w_task, b_task,
-                                                   stride, groups)
+def _backward(backward_op, grad_out, inputs, outputs):
+    x, kinds, params, frozen, w_shared, b_shared, w_task, b_task, stride, groups = inputs
+    dx, dws, dbs, dwt, dbt = backward_op(grad_out.contiguous(), *inputs)
+    return dx, None, None, [None] * len(frozen), dws, dbs, dwt, dbt, None, None
 
 
-@torch.library.custom_op("mtl_ops::routed_primitive_gather_backward_triton", mutates_args=())
-def _triton_backward(grad_out: torch.Tensor, x: torch.Tensor, kinds: list[int], params: list[int],
-                     frozen: list[torch.Tensor], w_shared: torch.Tensor, b_shared: torch.Tensor,
-                     w_task: torch.Tensor, b_task: torch.Tensor, stride: int, groups: int
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    from ..triton import load
-
-    return load("routed_primitive_gather").backward(grad_out, x, kinds, params, frozen, w_shared, b_shared,
-                                                    w_task, b_task, stride, groups)
-
-
-def _register_autograd(forward_op, backward_op) -> None:
-    """Saves the tensors; the fused backward recomputes the primitive responses from them."""
-
-    def setup_context(ctx, inputs, output):
-        x, kinds, params, frozen, w_shared, b_shared, w_task, b_task, stride, groups = inputs
-        ctx.save_for_backward(x, w_shared, b_shared, w_task, b_task, *frozen)
-        ctx.static = (list(kinds), list(params), stride, groups)
-
-    def backward(ctx, grad_out):
-        x, w_shared, b_shared, w_task, b_task, *frozen = ctx.saved_tensors
-        kinds, params, stride, groups = ctx.static
-        dx, dws, dbs, dwt, dbt = backward_op(grad_out.contiguous(), x, kinds, params, frozen, w_shared, b_shared,
-                                             w_task, b_task, stride, groups)
-        return dx, None, None, [None] * len(frozen), dws, dbs, dwt, dbt, None, None
-
-    torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
-
-
-_KERNELS = kernel_table("routed_primitive_gather", _triton_forward, _triton_backward, _forward_fake,
-                        _backward_fake, _register_autograd)
-
-
-class RoutedPrimitiveGatherFunction(torch.autograd.Function):
-    """The fused block on one backend: forward and backward are one operator each; the backward recomputes
-    the primitive responses from the saved input instead of storing the k·C_in bank."""
-
-    @staticmethod
-    def forward(x, w_shared, b_shared, w_task, b_task, meta, backend: str, *frozen):
-        kinds, params, stride, groups = meta
-        return _KERNELS[backend][0](x, list(kinds), list(params), list(frozen), w_shared, b_shared, w_task, b_task,
-                                    stride, groups)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, w_shared, b_shared, w_task, b_task, meta, backend, *frozen = inputs
-        ctx.save_for_backward(x, w_shared, b_shared, w_task, b_task, *frozen)
-        ctx.meta = meta
-        ctx.backend = backend
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, w_shared, b_shared, w_task, b_task, *frozen = ctx.saved_tensors
-        kinds, params, stride, groups = ctx.meta
-        grads = _KERNELS[ctx.backend][1](grad_out.contiguous(), x, list(kinds), list(params), list(frozen), w_shared,
-                                         b_shared, w_task, b_task, stride, groups)
-        return (*grads, None, None) + (None,) * len(frozen)
+SPEC = FusedOp(
+    name="routed_primitive_gather",
+    backends=("reference", "cpp", "cuda", "triton"),
+    reference=reference.routed_primitive_gather,
+    parse=parse_args,
+    check=check_args,
+    forward_fake=_forward_fake,
+    backward_fake=_backward_fake,
+    triton_schemas=("(Tensor x, int[] kinds, int[] params, Tensor[] frozen, Tensor w_shared, Tensor b_shared, "
+                    "Tensor w_task, Tensor b_task, int stride, int groups) -> Tensor",
+                    "(Tensor grad_out, Tensor x, int[] kinds, int[] params, Tensor[] frozen, Tensor w_shared, "
+                    "Tensor b_shared, Tensor w_task, Tensor b_task, int stride, int groups) "
+                    "-> (Tensor, Tensor, Tensor, Tensor, Tensor)"),
+    backward=_backward,
+    can_run=lambda backend, *args: limits.routed_primitive_gather(*args) if backend == "triton" else None,
+    autocast=Promote(same=(0, 4, 5, 6, 7)),
+)
+_OP = register(SPEC)
 
 
 def routed_primitive_gather(x: torch.Tensor, kinds, params, frozen, w_shared: torch.Tensor, b_shared: torch.Tensor,
@@ -187,7 +148,7 @@ def routed_primitive_gather(x: torch.Tensor, kinds, params, frozen, w_shared: to
     Args:
         x: (T·B, C_in, H, W), route t is rows [t·B, (t+1)·B) (``torch.cat`` of the T routes); float32,
             float64, float16 or bfloat16; any strides (non-contiguous inputs are copied once).
-        kinds, params, frozen: the k primitives (codes in ``mtl_ops.reference.primitive_kinds``): kinds[p]
+        kinds, params, frozen: the k primitives (codes in ``mtl_ops.common.primitive_kinds``): kinds[p]
             the code, (params[2p], params[2p+1]) its two ints (shift (dh, dw), conv (dilation, 0), else
             (0, 0)), frozen[p] its frozen tensor (dw_conv (C_in, 1, 3, 3), dense_conv (C_in, C_in, 3, 3),
             noise (C_in, Hn, Wn); any tensor, e.g. an empty one, for the others). They get no gradient.
@@ -201,13 +162,7 @@ def routed_primitive_gather(x: torch.Tensor, kinds, params, frozen, w_shared: to
         backend: None (fastest available; ``MTL_OPS_BACKEND`` overrides), "reference", "cpp", "cuda", "triton".
 
     Returns (T·B, C_sh + C_sp, H', W') in x's dtype: channels [0, C_sh) shared, [C_sh, C_out) task t's.
-    Differentiable in x, w_shared, b_shared, w_task and b_task; accumulation in fp32 (fp64 for fp64).
+    Differentiable in x, w_shared, b_shared, w_task and b_task; accumulation in fp32 (fp64 for fp64). Under
+    autocast, x and the weights and biases of several floating dtypes all run in the widest one.
     """
-    kinds, params, frozen = list(kinds), list(params), list(frozen)
-    check_args(x, kinds, params, frozen, w_shared, b_shared, w_task, b_task, stride, groups)
-    chosen = select_backend(OP, x.device, backend)
-    if chosen == "reference":
-        return reference.routed_primitive_gather(x, kinds, params, frozen, w_shared, b_shared, w_task, b_task,
-                                                 stride, groups)
-    return RoutedPrimitiveGatherFunction.apply(x, w_shared, b_shared, w_task, b_task,
-                                               (tuple(kinds), tuple(params), stride, groups), chosen, *frozen)
+    return _OP((x, kinds, params, frozen, w_shared, b_shared, w_task, b_task, stride, groups), backend)

@@ -1,4 +1,4 @@
-"""The exact fast path of routed_primitive_gather for linear primitives (spec ctal_etrnlp.md §2.7): every
+"""The exact fast path of routed_primitive_gather for linear primitives: every
 primitive but max_pool is a fixed linear filter, so the shared branch collapses into ONE convolution with an
 effective kernel
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..reference.primitive_kinds import (AVG_POOL, DENSE_CONV, DW_CONV, IDENTITY, KIND_NAMES, LINEAR_KINDS, NOISE,
-                                         SHIFT, output_size)
-from .routed_primitive_gather import check_args
+from ..common.primitive_kinds import (AVG_POOL, DENSE_CONV, DW_CONV, IDENTITY, KIND_NAMES, LINEAR_KINDS, NOISE,
+                                      SHIFT, output_size)
+from .routed_primitive_gather import check_args, parse_args
 
 
 def _radius(kind: int, a: int, b: int) -> int:
@@ -85,8 +85,9 @@ def routed_primitive_gather_linear(x: torch.Tensor, kinds, params, frozen, w_sha
                                    stride: int = 1, groups: int = 1) -> torch.Tensor:
     """routed_primitive_gather through one effective-kernel conv for the shared branch (linear primitives
     only: raises ValueError naming a max_pool). Plain autograd; exact up to floating-point reassociation."""
-    kinds, params, frozen = list(kinds), list(params), list(frozen)
-    check_args(x, kinds, params, frozen, w_shared, b_shared, w_task, b_task, stride, groups)
+    args = parse_args(x, kinds, params, frozen, w_shared, b_shared, w_task, b_task, stride, groups)
+    check_args(*args)
+    kinds, params, frozen = args[1:4]
     bad = [p for p, kind in enumerate(kinds) if kind not in LINEAR_KINDS]
     if bad:
         raise ValueError(f"routed_primitive_gather_linear: every primitive must be linear; primitive {bad[0]} is "

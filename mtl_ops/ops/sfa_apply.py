@@ -2,28 +2,22 @@
 
     out[t] = sigmoid(mask_logits[t]) * features
 
-Operators: ``mtl_ops::sfa_apply_forward`` / ``_backward`` (C++; CPU and CUDA kernels, schemas in
-csrc/ops.cpp) and ``mtl_ops::sfa_apply_forward_triton`` / ``_backward_triton`` (Triton, defined here). The
-backward returns (d_features, d_mask_logits); d_features sums the T task gradients in the same pass.
+Operators: ``mtl_ops::sfa_apply_forward`` / ``_backward`` (C++, CPU and CUDA) and ``..._triton``. The
+backward saves both inputs, recomputes the sigmoid and returns (d_features, d_mask_logits); d_features sums
+the T task gradients in the same pass.
 """
 from __future__ import annotations
 
 import torch
 
 from .. import reference
-from ..backends import register_op, select_backend
-from ._registration import kernel_table
-
-OP = "sfa_apply"
-register_op(OP, ("reference", "cpp", "cuda", "triton"))
-_FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+from ..common.dtypes import FLOATING, FLOATING_NAMES
+from ..triton import limits
+from ._fused import FusedOp, Promote, register, tensor_args
 
 
 def check_args(features, mask_logits) -> None:
-    """The argument checks of every backend (csrc/common/sfa_apply_args.h says the same in C++)."""
-    for name, t in (("features", features), ("mask_logits", mask_logits)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"sfa_apply: {name} must be a torch.Tensor, got {type(t).__name__}")
+    """The value rules (csrc/common/sfa_apply_args.h makes the same checks for the C++ operators)."""
     if features.dim() != 4:
         raise ValueError(f"sfa_apply: features must be 4-d (B, C, h, w), got {features.dim()}-d")
     if mask_logits.dim() != 5:
@@ -32,8 +26,8 @@ def check_args(features, mask_logits) -> None:
     if mask_logits.shape[1] != B or mask_logits.shape[2] not in (1, C) or mask_logits.shape[3:] != (h, w):
         raise ValueError(f"sfa_apply: mask_logits must have shape (T, B, M, h, w) = (T, {B}, 1 or {C}, {h}, {w}), "
                          f"got {tuple(mask_logits.shape)}")
-    if features.dtype not in _FLOATING:
-        raise TypeError(f"sfa_apply: features must be float32, float64, float16 or bfloat16, got {features.dtype}")
+    if features.dtype not in FLOATING:
+        raise TypeError(f"sfa_apply: features must be {FLOATING_NAMES}, got {features.dtype}")
     if mask_logits.dtype != features.dtype:
         raise TypeError(f"sfa_apply: mask_logits must have the dtype of features ({features.dtype}), "
                         f"got {mask_logits.dtype}")
@@ -42,8 +36,7 @@ def check_args(features, mask_logits) -> None:
                          f"and {mask_logits.device}")
 
 
-# Fake kernels: shapes and dtypes of the real outputs (all contiguous).
-def _forward_fake(features, mask_logits):
+def _forward_fake(features, mask_logits):  # all outputs contiguous
     return features.new_empty(mask_logits.shape[0], *features.shape)
 
 
@@ -52,43 +45,20 @@ def _backward_fake(grad_out, features, mask_logits):
             torch.empty_like(mask_logits, memory_format=torch.contiguous_format))
 
 
-@torch.library.custom_op("mtl_ops::sfa_apply_forward_triton", mutates_args=())
-def _triton_forward(features: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
-    from ..triton import load
-
-    return load("sfa_apply").forward(features, mask_logits)
-
-
-@torch.library.custom_op("mtl_ops::sfa_apply_backward_triton", mutates_args=())
-def _triton_backward(grad_out: torch.Tensor, features: torch.Tensor,
-                     mask_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    from ..triton import load
-
-    return load("sfa_apply").backward(grad_out, features, mask_logits)
-
-
-_KERNELS = kernel_table("sfa_apply", _triton_forward, _triton_backward, _forward_fake,
-                        _backward_fake)
-
-
-class SfaApplyFunction(torch.autograd.Function):
-    """Differentiable shared feature attention on a fused backend: one kernel forward, one backward that
-    recomputes the sigmoid from the saved logits and reduces the T task gradients into features."""
-
-    @staticmethod
-    def forward(features, mask_logits, backend: str):
-        return _KERNELS[backend][0](features, mask_logits)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        features, mask_logits, backend = inputs
-        ctx.save_for_backward(features, mask_logits)
-        ctx.backend = backend
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        d_features, d_mask = _KERNELS[ctx.backend][1](grad_out, *ctx.saved_tensors)
-        return d_features, d_mask, None
+SPEC = FusedOp(
+    name="sfa_apply",
+    backends=("reference", "cpp", "cuda", "triton"),
+    reference=reference.sfa_apply,
+    parse=tensor_args("sfa_apply", "features", "mask_logits"),
+    check=check_args,
+    forward_fake=_forward_fake,
+    backward_fake=_backward_fake,
+    triton_schemas=("(Tensor features, Tensor mask_logits) -> Tensor",
+                    "(Tensor grad_out, Tensor features, Tensor mask_logits) -> (Tensor, Tensor)"),
+    can_run=lambda backend, *args: limits.sfa_apply(*args) if backend == "triton" else None,
+    autocast=Promote(same=(0, 1)),
+)
+_OP = register(SPEC)
 
 
 def sfa_apply(features: torch.Tensor, mask_logits: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
@@ -102,10 +72,7 @@ def sfa_apply(features: torch.Tensor, mask_logits: torch.Tensor, *, backend: str
             "cpp", "cuda" or "triton".
 
     Returns (T, B, C, h, w), contiguous. Differentiable in both inputs: the fused backward sums the T task
-    gradients into d_features in one pass, and reduces over channels (M = 1) in fp32 (fp64 for fp64).
+    gradients into d_features in one pass, and reduces over channels (M = 1) in fp32 (fp64 for fp64). Under
+    autocast, features and mask_logits of two floating dtypes run in the wider one.
     """
-    check_args(features, mask_logits)
-    chosen = select_backend(OP, features.device, backend)
-    if chosen == "reference":
-        return reference.sfa_apply(features, mask_logits)
-    return SfaApplyFunction.apply(features, mask_logits, chosen)
+    return _OP((features, mask_logits), backend)

@@ -1,15 +1,14 @@
 """Reference definition of all-pairs linear CKA (PDF's inter-task similarity; the oracle for every backend).
 
-Spec: /work/shared/spec/medusa_pdf_adashare.md §2.4. Linear kernel, computed in sample space:
+Linear kernel, computed in sample space:
 ``K_t = X_t X_tᵀ`` (n×n) per task, centred, then ``CKA(t, u) = ⟨K̃_t, K̃_u⟩_F / (‖K̃_t‖_F ‖K̃_u‖_F)``.
 """
 import torch
 
-__all__ = ["cka", "check_args"]
+from ..common.cka_args import check_args
+from ..common.dtypes import accumulate_dtype
 
-
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+__all__ = ["cka"]
 
 
 def _centre_biased(gram: torch.Tensor) -> torch.Tensor:
@@ -35,26 +34,6 @@ def _centre_debiased(gram: torch.Tensor) -> torch.Tensor:
     return k.masked_fill(eye, 0.0)
 
 
-def check_args(features, debiased: bool) -> None:
-    """The argument checks of every cka backend (csrc/common/cka_args.h says the same in C++)."""
-    if not isinstance(features, torch.Tensor):
-        raise TypeError(f"cka: features must be a torch.Tensor, got {type(features).__name__}")
-    if features.dim() != 3:
-        raise ValueError(f"cka: features must be 3-D (T, n, d) (tasks, samples, features), "
-                         f"got {features.dim()}-D with shape {tuple(features.shape)}")
-    if not features.is_floating_point():
-        raise ValueError(f"cka: features must be a floating-point tensor, got dtype {features.dtype}")
-    num_tasks, n, d = features.shape
-    if num_tasks < 1 or d < 1:
-        raise ValueError(f"cka: features must have at least one task and one feature (T ≥ 1, d ≥ 1), "
-                         f"got shape {tuple(features.shape)}")
-    if debiased and n <= 3:
-        raise ValueError(f"cka: features must have more than 3 samples (n > 3) for the debiased estimator, "
-                         f"got n={n}")
-    if not debiased and n < 2:
-        raise ValueError(f"cka: features must have at least 2 samples (n ≥ 2) for the biased estimator, got n={n}")
-
-
 def cka(features: torch.Tensor, *, debiased: bool = True) -> torch.Tensor:
     """All-pairs linear CKA between ``T`` feature sets.
 
@@ -72,7 +51,7 @@ def cka(features: torch.Tensor, *, debiased: bool = True) -> torch.Tensor:
     """
     check_args(features, debiased)
     num_tasks, n, _ = features.shape
-    x = features.to(_accumulation_dtype(features.dtype))
+    x = features.to(accumulate_dtype(features.dtype))
     gram = x @ x.transpose(-1, -2)                                     # (T, n, n)
     centred = _centre_debiased(gram) if debiased else _centre_biased(gram)
     flat = centred.reshape(num_tasks, n * n)

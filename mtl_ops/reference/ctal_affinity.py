@@ -34,7 +34,7 @@ def ctal_affinity(x: torch.Tensor, v: torch.Tensor, weight: torch.Tensor, bias: 
 
 def ctal_affinity_reassociated(x: torch.Tensor, v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                                gamma: float) -> torch.Tensor:
-    """The same function by the exact reassociation (spec section 1.7, Option A) in plain PyTorch ops with
+    """The same function by the exact reassociation (a sum over the k*k taps) in plain PyTorch ops with
     autograd: G = V P^T with P the k*k shifted copies of the normalised features, Z = sum_d G_d Q_d. Linear in
     N (it materialises P and Q, k*k*T*C x N each); the bar a careful user reaches without the fused kernels,
     and an oracle at sizes where the naive path does not fit."""

@@ -1,17 +1,16 @@
 """Reference definition of ETR-NLP's routed primitive gather (the oracle for every backend): materialises
-the primitive bank, its channel shuffle, both branches and the concatenation, exactly as the block reads
-(spec ctal_etrnlp.md §2.2)."""
+the primitive bank, its channel shuffle, both branches and the concatenation, exactly as the block reads."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .primitive_kinds import (AVG_POOL, DENSE_CONV, DW_CONV, IDENTITY, MAX_POOL, NOISE, SHIFT,
-                              output_size)
+from ..common.primitive_kinds import (AVG_POOL, DENSE_CONV, DW_CONV, IDENTITY, MAX_POOL, NOISE, SHIFT,
+                                     output_size)
 
 
 def primitive_response(x: torch.Tensor, kind: int, a: int, b: int, frozen: torch.Tensor, stride: int) -> torch.Tensor:
-    """One primitive applied to x (N, C, H, W) -> (N, C, H', W') (codes in primitive_kinds)."""
+    """One primitive applied to x (N, C, H, W) -> (N, C, H', W') (codes in mtl_ops.common.primitive_kinds)."""
     C, H, W = x.shape[1:]
     if kind == IDENTITY:
         return x[:, :, ::stride, ::stride]

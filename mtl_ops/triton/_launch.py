@@ -1,5 +1,6 @@
 """What every Triton launcher of the package shares: the accumulation dtype, the device guard, the grid-axis
-limit with the chunking that respects it, and 64-bit block offsets.
+limit with the chunking that respects it, the refusal of inputs beyond the kernels' limits, and 64-bit block
+offsets.
 
 Grid axes 1 and 2 of a CUDA launch hold at most 65,535 programs (axis 0 holds 2^31 - 1). Every kernel here
 puts its potentially large batch-like axis on axis 1 and takes that axis's first program id as an argument,
@@ -9,21 +10,26 @@ can lower ``MAX_GRID_AXIS`` to make tiny inputs take the chunked path under the 
 Index arithmetic: program ids and sizes are int32 in Triton unless converted, and ``pid * BLOCK`` or
 ``row * plane`` pass 2^31 on tensors an H200 can hold. Kernels form each program's base offset in int64
 (``block_start``, or an int64 row index times the plane size) and keep only offsets inside one block, row or
-plane in int32 (launchers check that a single plane stays below 2^31 where a kernel relies on it).
+plane in int32 (launchers check that a single plane stays below 2^31 where a kernel relies on it: ``limits``).
 """
+from __future__ import annotations
+
 import contextlib
 
 import torch
 import triton
 import triton.language as tl
 
+from ..common.dtypes import accumulate_dtype
+
 MAX_GRID_AXIS = 65535  # programs along grid axis 1 or 2 of one launch
-PLANE_MAX = 2 ** 31 - 2 ** 16  # int32 offsets inside one plane, with room for a block past its end
+_TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
 def acc_dtypes(dtype: torch.dtype):
-    """(torch dtype, tl dtype) the kernels accumulate in: fp64 for fp64 inputs, fp32 for every other float."""
-    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
+    """(torch dtype, tl dtype) the kernels accumulate in (mtl_ops.common.dtypes.accumulate_dtype)."""
+    acc = accumulate_dtype(dtype)
+    return acc, _TL_DTYPES[acc]
 
 
 def device_guard(tensor: torch.Tensor):
@@ -41,10 +47,10 @@ def grid_chunks(n: int):
         yield start, min(step, n - start)
 
 
-def check_plane(what: str, numel: int) -> None:
-    """Kernels index inside one plane (one image channel, one row of a flattened tensor) with int32."""
-    if numel > PLANE_MAX:
-        raise ValueError(f"{what} must have at most {PLANE_MAX} elements for the triton backend, got {numel}")
+def require(reason: str | None) -> None:
+    """Refuses inputs beyond the kernels' limits: ``reason`` is a ``limits`` function's answer."""
+    if reason is not None:
+        raise ValueError(reason)
 
 
 @triton.jit

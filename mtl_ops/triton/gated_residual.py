@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops._layout import task_major_pair, with_layout_of
+from ..common.layout import task_major_pair, with_layout_of
 from . import _launch
 from ._launch import block_start
 

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _launch
+from . import _launch, limits
 
 BLOCK = 128
 KB_MAX = 32
@@ -221,18 +221,12 @@ def _window(n_in: int, n_out: int) -> int:
     return min(int(2.0 * n_out / n_in) + 5, n_out)
 
 
-def _check_planes(values, H, W):
-    _launch.check_plane("ms_attention_mix: the output plane (H*W)", H * W)
-    for s, v in enumerate(values):
-        _launch.check_plane(f"ms_attention_mix: values[{s}]'s plane (h*w)", v.shape[2] * v.shape[3])
-
-
 def forward(values, logits, size):
     values = [v.contiguous() for v in values]
     logits = [a.contiguous() for a in logits]
     B, K = values[0].shape[:2]
     H, W = int(size[0]), int(size[1])
-    _check_planes(values, H, W)
+    _launch.require(limits.ms_attention_mix(values, logits, (H, W)))
     acc_torch, acc_tl = _launch.acc_dtypes(values[0].dtype)
     out = values[0].new_empty(B, K, H, W)
     lse = values[0].new_empty(B, H, W, dtype=acc_torch)
@@ -252,7 +246,7 @@ def backward(grad_out, values, logits, lse):
     g, lse = grad_out.contiguous(), lse.contiguous()
     S = len(values)
     B, K, H, W = g.shape
-    _check_planes(values, H, W)
+    _launch.require(limits.ms_attention_mix(values, logits, (H, W)))
     acc_torch, acc_tl = _launch.acc_dtypes(values[0].dtype)
     dtype = values[0].dtype
     if B == 0:

@@ -3,7 +3,7 @@
 Tiles: BP output (or input) pixels, BO <= 64 shared output channels, BQ <= 64 task output channels and
 BC = 16 input channels; capping them keeps a program's accumulators in registers at any width (the shared
 branch of a wide layer is covered by several output-channel blocks). Primitive responses are computed on
-the fly as (BC, BP) tiles (codes as mtl_ops/reference/primitive_kinds.py, the kind chosen at run time from
+the fly as (BC, BP) tiles (codes from mtl_ops.common.primitive_kinds, the kind chosen at run time from
 the meta table) and every channel contraction is a tl.dot with IEEE fp32 (fp64 for fp64 inputs) operands.
 Variables of the two sides of a run-time branch get different names where their shapes differ: Triton
 merges same-named variables of both sides and requires one type.
@@ -23,13 +23,19 @@ d biases       sums of grad_out (PyTorch reductions).
 
 Grid axis 1 is launched in chunks (``_launch.grid_chunks``; ``r0`` is the chunk's first row). Image and
 channel-plane offsets are int64 (the image index, the channel indices and the split index are converted
-first); offsets inside one plane are int32 and the launcher checks that every plane fits.
+first); offsets inside one plane are int32 and the launcher checks that every plane fits (mtl_ops.triton.limits).
 """
 import torch
 import triton
 import triton.language as tl
 
-from . import _launch
+from ..common import primitive_kinds as codes
+from . import _launch, limits
+
+# The primitive codes as compile-time constants of the kernels (Triton reads globals only as tl.constexpr).
+IDENTITY, AVG_POOL, MAX_POOL, SHIFT = (tl.constexpr(codes.IDENTITY), tl.constexpr(codes.AVG_POOL),
+                                       tl.constexpr(codes.MAX_POOL), tl.constexpr(codes.SHIFT))
+NOISE, DW_CONV = tl.constexpr(codes.NOISE), tl.constexpr(codes.DW_CONV)
 
 BP = 64  # pixels per tile
 # Accumulators of up to 64 x 64 and 16-channel contraction tiles over 8 warps: compiled for sm_90 with a
@@ -88,27 +94,27 @@ def _responses(x_img, fz_ptr, c, cmask, hc, wc, H, W, C, pmask, kind, a, b, foff
     HW = H * W
     cofs = c.to(tl.int64) * HW
     r = tl.zeros([BC, BP], ACC)
-    if kind == 0:  # identity
+    if kind == IDENTITY:
         r = _tile(x_img, cofs, cmask, hc, wc, H, W, pmask, ACC)
-    elif kind == 1:  # avg pool, divisor 9
+    elif kind == AVG_POOL:  # divisor 9
         for u in tl.static_range(3):
             for v in tl.static_range(3):
                 r += _tile(x_img, cofs, cmask, hc + u - 1, wc + v - 1, H, W, pmask, ACC)
         r = r / 9.0
-    elif kind == 2:  # max pool
+    elif kind == MAX_POOL:
         r = _max_value(x_img, cofs, cmask, hc, wc, H, W, pmask, ACC, BC, BP)
-    elif kind == 3:  # shift
+    elif kind == SHIFT:
         r = _tile(x_img, cofs, cmask, hc - a, wc - b, H, W, pmask, ACC)
-    elif kind == 4:  # fixed additive noise mask, tiled
+    elif kind == NOISE:  # fixed additive mask, tiled
         r = _tile(x_img, cofs, cmask, hc, wc, H, W, pmask, ACC)
         r += tl.load(fz_ptr + foff + c[:, None] * (Hn * Wn) + ((hc % Hn) * Wn + wc % Wn)[None, :],
                      mask=cmask[:, None] & pmask[None, :], other=0.0).to(ACC)
-    elif kind == 5:  # depthwise 3x3, dilation a
+    elif kind == DW_CONV:  # depthwise 3x3, dilation a
         for u in tl.static_range(3):
             for v in tl.static_range(3):
                 f = tl.load(fz_ptr + foff + c * 9 + (u * 3 + v), mask=cmask, other=0.0).to(ACC)
                 r += f[:, None] * _tile(x_img, cofs, cmask, hc + (u - 1) * a, wc + (v - 1) * a, H, W, pmask, ACC)
-    else:  # dense 3x3, dilation a: a (BC x C) by (C x BP) product per tap
+    else:  # DENSE_CONV, 3x3, dilation a: a (BC x C) by (C x BP) product per tap
         for c20 in range(0, C, BC):
             c2 = c20 + tl.arange(0, BC)
             c2mask = c2 < C
@@ -345,15 +351,15 @@ def _input_grad_kernel(dy_ptr, g_ptr, arg_ptr, meta_ptr, fz_ptr, wsp_ptr, dx_ptr
             b = tl.load(meta_ptr + p * 6 + 2)
             foff = tl.load(meta_ptr + p * 6 + 3)
             gp = g_ptr + nl * C * k * HWo + p * HWo
-            if (kind == 0) | (kind == 4):  # identity, noise: read at the centre
+            if (kind == IDENTITY) | (kind == NOISE):  # read at the centre
                 opix, ok = _source(h, w, stride, Ho, Wo, pmask)
                 acc += _grad_tile(gp, gofs, cmask, opix, ok, ACC)
-            elif kind == 1:
+            elif kind == AVG_POOL:
                 for u in tl.static_range(3):
                     for v in tl.static_range(3):
                         opix, ok = _source(h + 1 - u, w + 1 - v, stride, Ho, Wo, pmask)
                         acc += _grad_tile(gp, gofs, cmask, opix, ok, ACC) / 9.0
-            elif kind == 2:  # to the argmax of each window containing (h, w)
+            elif kind == MAX_POOL:  # to the argmax of each window containing (h, w)
                 aofs = ((nl * C + c.to(tl.int64)) * n_max + foff) * HWo
                 for u in tl.static_range(3):
                     for v in tl.static_range(3):
@@ -362,16 +368,16 @@ def _input_grad_kernel(dy_ptr, g_ptr, arg_ptr, meta_ptr, fz_ptr, wsp_ptr, dx_ptr
                                       other=-1)
                         gt = _grad_tile(gp, gofs, cmask, opix, ok, ACC)
                         acc += tl.where(arg == (h * W + w)[None, :], gt, 0.0)
-            elif kind == 3:
+            elif kind == SHIFT:
                 opix, ok = _source(h + a, w + b, stride, Ho, Wo, pmask)
                 acc += _grad_tile(gp, gofs, cmask, opix, ok, ACC)
-            elif kind == 5:
+            elif kind == DW_CONV:
                 for u in tl.static_range(3):
                     for v in tl.static_range(3):
                         opix, ok = _source(h - (u - 1) * a, w - (v - 1) * a, stride, Ho, Wo, pmask)
                         f = tl.load(fz_ptr + foff + c * 9 + (u * 3 + v), mask=cmask, other=0.0).to(ACC)
                         acc += f[:, None] * _grad_tile(gp, gofs, cmask, opix, ok, ACC)
-            else:  # dense: d x[c] += sum over c1 of F[c1, c, tap] G[c1]
+            else:  # DENSE_CONV: d x[c] += sum over c1 of F[c1, c, tap] G[c1]
                 for c10 in range(0, C, BC):
                     c1 = c10 + tl.arange(0, BC)
                     c1mask = c1 < C
@@ -410,19 +416,18 @@ class _Plan:
         self.acc_torch, self.acc_tl = _launch.acc_dtypes(x.dtype)
         flat, meta, off, self.n_max = [], [], 0, 0
         for p, kind in enumerate(kinds):
-            hn, wn = (frozen[p].shape[1], frozen[p].shape[2]) if kind == 4 else (1, 1)
+            hn, wn = (frozen[p].shape[1], frozen[p].shape[2]) if kind == codes.NOISE else (1, 1)
             # offset field: into the flat frozen buffer, or a max pool's slot in the backward's argmax buffer
-            meta.append([kind, params[2 * p], params[2 * p + 1], self.n_max if kind == 2 else off, hn, wn])
-            self.n_max += kind == 2
-            if kind in (4, 5, 6):
+            is_max = kind == codes.MAX_POOL
+            meta.append([kind, params[2 * p], params[2 * p + 1], self.n_max if is_max else off, hn, wn])
+            self.n_max += is_max
+            if kind in codes.FROZEN_KINDS:
                 flat.append(frozen[p].detach().to(device=x.device, dtype=self.acc_torch).reshape(-1))
                 off += flat[-1].numel()
-        _launch.check_plane("routed_primitive_gather: the frozen tensors together", off)
         self.fz = torch.cat(flat) if flat else torch.zeros(1, dtype=self.acc_torch, device=x.device)
         self.meta = _meta_on(meta, x.device)
         self.N, self.C, self.H, self.W = x.shape
         self.Ho, self.Wo = (self.H - 1) // stride + 1, (self.W - 1) // stride + 1
-        _launch.check_plane("routed_primitive_gather: an input plane (H*W)", self.H * self.W)
         self.T, self.Csp = w_task.shape[:2]
         self.Csh, self.k, self.stride = w_shared.shape[0], len(kinds), stride
         self.B = self.N // self.T
@@ -451,12 +456,13 @@ def _splits(items: int, tiles: int):
 
 
 def forward(x, kinds, params, frozen, w_shared, b_shared, w_task, b_task, stride, groups):
+    _launch.require(limits.routed_primitive_gather(x, kinds, params, frozen, w_shared, b_shared, w_task, b_task,
+                                                    stride, groups))
     x = x.contiguous()
     pl = _Plan(x, kinds, params, frozen, w_shared, w_task, stride, groups)
     y = torch.empty(pl.N, pl.Csh + pl.Csp, pl.Ho, pl.Wo, dtype=x.dtype, device=x.device)
     if pl.N == 0 or pl.Csh + pl.Csp == 0:
         return y
-    _launch.check_plane("routed_primitive_gather: an output plane (H'*W')", pl.Ho * pl.Wo)
     with _launch.device_guard(x):
         for r0, n in _launch.grid_chunks(pl.n_ob + pl.n_qb):
             _forward_kernel[(pl.N * pl.n_pb, n)](
@@ -468,6 +474,8 @@ def forward(x, kinds, params, frozen, w_shared, b_shared, w_task, b_task, stride
 
 
 def backward(grad_out, x, kinds, params, frozen, w_shared, b_shared, w_task, b_task, stride, groups):
+    _launch.require(limits.routed_primitive_gather(x, kinds, params, frozen, w_shared, b_shared, w_task, b_task,
+                                                    stride, groups))
     x, dy = x.contiguous(), grad_out.contiguous()
     pl = _Plan(x, kinds, params, frozen, w_shared, w_task, stride, groups)
     acc, dt = pl.acc_torch, x.dtype
@@ -476,7 +484,6 @@ def backward(grad_out, x, kinds, params, frozen, w_shared, b_shared, w_task, b_t
     if pl.N == 0:
         return (torch.zeros_like(x), dws.to(dt), b_shared.new_zeros(b_shared.shape), dwt.to(dt),
                 b_task.new_zeros(b_task.shape))
-    _launch.check_plane("routed_primitive_gather: an output plane (H'*W')", pl.Ho * pl.Wo)
     dbs = dy[:, :pl.Csh].sum((0, 2, 3), dtype=acc)
     dbt = dy[:, pl.Csh:].reshape(pl.T, pl.B, pl.Csp, pl.Ho * pl.Wo).sum((1, 3), dtype=acc)  # no -1: C_sp may be 0
     dx = torch.empty_like(x)

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _launch
+from . import _launch, limits
 from ._launch import block_start
 
 BLOCK = 256
@@ -103,7 +103,7 @@ def _mask_grad_kernel(g_ptr, f_ptr, m_ptr, dm_ptr, B, C, P, r0, SPATIAL: tl.cons
 def _sizes(f, m):
     T, B, M = m.shape[:3]
     C, P = f.shape[1], f.shape[2] * f.shape[3]
-    _launch.check_plane("sfa_apply: one feature plane (h*w)", P)
+    _launch.require(limits.sfa_apply(f, m))
     return T, B, C, P, M == 1
 
 

@@ -1,9 +1,10 @@
-"""Python mirror of csrc/common/task_major.h: the layout rule of the element-wise multi-task kernels.
+"""The layout rule of the element-wise multi-task kernels (csrc/common/task_major.h applies it in C++).
 
 A (T, ...) tensor is "task-major dense" when it is non-overlapping and dense and its tasks are contiguous
 runs of numel/T elements (contiguous and channels-last tensors are). The kernels run on such a pair as is
-and copy anything else to contiguous. Fake kernels use this rule to predict the real output's strides, and
-the Triton launcher to lay out its inputs; keep it in step with the C++ header.
+and copy anything else to contiguous. The fake kernels use this rule to predict the real output's strides (so
+opcheck on channels-last and permuted inputs checks that the C++ kernels follow it), and the Triton launcher
+to lay out its inputs.
 """
 import torch
 

@@ -1,6 +1,7 @@
-"""The fixed set of non-learnable primitive kinds of ETR-NLP (spec ctal_etrnlp.md §2.3), as the fused op
-``routed_primitive_gather`` encodes them: one integer kind, two integer parameters and one frozen tensor per
-primitive. csrc/common/rpg_primitives.h and mtl_ops/triton/routed_primitive_gather.py use the same codes.
+"""The fixed set of non-learnable primitive kinds of ETR-NLP, as the fused op ``routed_primitive_gather``
+encodes them: one integer kind, two integer parameters and one frozen tensor per primitive. The Triton
+kernels take the codes from here; csrc/common/rpg_primitives.h compiles the same codes (checked by
+tests/test_constants.py through ``mtl_ops::_constant``).
 
 Every primitive maps (C, H, W) to (C, H', W') with H' = (H - 1) // s + 1 at stride s, centred on input
 pixel (i·s, j·s):
@@ -21,6 +22,7 @@ dense_conv     6       (dilation, 0)        (C, C, 3, 3): dense 3×3, padding = 
 IDENTITY, AVG_POOL, MAX_POOL, SHIFT, NOISE, DW_CONV, DENSE_CONV = range(7)
 KIND_NAMES = ("identity", "avg_pool", "max_pool", "shift", "noise", "dw_conv", "dense_conv")
 LINEAR_KINDS = frozenset({IDENTITY, AVG_POOL, SHIFT, NOISE, DW_CONV, DENSE_CONV})  # all but max_pool
+FROZEN_KINDS = (NOISE, DW_CONV, DENSE_CONV)  # the kinds that read their frozen tensor
 
 
 def output_size(size: int, stride: int) -> int:
