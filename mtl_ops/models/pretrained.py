@@ -1,24 +1,25 @@
 """Pretrained backbone weights from a local file: a safetensors file or a torch state dict (a plain
 ``{name: tensor}`` dict, or a checkpoint holding one under ``state_dict`` or ``model``, as mtl_ops's own
-checkpoints do). Nothing is downloaded.
+checkpoints do). Nothing is downloaded; torch files are read with ``weights_only=True``, so a file that would
+run code is refused.
 
-Keys are matched after removing the longest prefix that makes them fit (``module.`` of DDP, ``backbone.`` of a
-network's state dict, ...), so a timm or torchvision checkpoint loads into ``timm:`` / ``torchvision:``
-backbones by its own keys, and a backbone saved from an mtl_ops network loads back. The result lists the
-loaded, missing (left at their initialisation) and unexpected (unused) keys; tensors whose shapes differ, or a
-file of which no key fits, are refused.
+Keys are matched after removing the prefix that makes most of them fit (``module.`` of DDP, ``backbone.`` of a
+network's state dict, ``net.backbone.`` of an mtl_ops checkpoint, ...), so a timm or torchvision checkpoint
+loads into ``timm:`` / ``torchvision:`` backbones by its own keys, and a backbone saved from an mtl_ops network
+loads back. The :class:`LoadReport` lists the loaded, missing (left at their initialisation) and unexpected
+(unused) keys; tensors whose shapes differ, or a file of which no key fits, are refused.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Union
+from typing import Callable, Dict, List, Mapping, Union
 
 import torch
 from torch import nn
 
 from ..common.optional import require
-from .backbones import SelectMaps, TimmBackbone, TorchvisionBackbone
 
 
 @dataclass
@@ -50,7 +51,11 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
         raise FileNotFoundError(f"pretrained: no file at {path}")
     if path.suffix == ".safetensors":
         safetensors = require("safetensors.torch", "safetensors", "train", "reading .safetensors weights")
-        return dict(safetensors.load_file(str(path)))
+        try:
+            return dict(safetensors.load_file(str(path)))
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for a bad file
+            raise ValueError(f"pretrained: {path} is not a readable safetensors file ({type(e).__name__}: {e})") \
+                from e
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling or format error means the same here
@@ -67,16 +72,8 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     return data
 
 
-def weights_target(backbone: nn.Module) -> nn.Module:
-    """The module whose keys a backbone checkpoint uses: timm's / torchvision's own model inside the adapters."""
-    if isinstance(backbone, SelectMaps):
-        backbone = backbone.backbone
-    if isinstance(backbone, (TimmBackbone, TorchvisionBackbone)):
-        return backbone.model
-    return backbone
-
-
 def _best_prefix(keys, wanted) -> str:
+    """The prefix whose removal makes the most ``keys`` fit ``wanted`` (the shortest on a tie)."""
     candidates = {""}
     for k in keys:
         parts = k.split(".")
@@ -85,25 +82,36 @@ def _best_prefix(keys, wanted) -> str:
                                                   -len(p)))
 
 
-def load_backbone_weights(backbone: nn.Module, source: Union[str, Path, Dict[str, torch.Tensor]]) -> LoadReport:
-    """Load ``source`` (a path, or a state dict) into ``backbone`` (see the module docstring)."""
-    path = str(source) if not isinstance(source, dict) else "<state dict>"
-    state = read_state_dict(source) if not isinstance(source, dict) else source
-    target = weights_target(backbone)
-    own = target.state_dict()
+def load_matching(own: Mapping[str, torch.Tensor], load: Callable[[Dict[str, torch.Tensor]], None],
+                  source: Union[str, Path, Mapping[str, torch.Tensor]], target: str) -> LoadReport:
+    """Match ``source``'s keys to ``own`` (the target's tensors by key), check shapes, hand the matched tensors
+    to ``load`` and report. ``target`` names the target in errors."""
+    path = "<state dict>" if isinstance(source, Mapping) else str(source)
+    state = dict(source) if isinstance(source, Mapping) else read_state_dict(source)
     prefix = _best_prefix(list(state), own)
     matched = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix):] in own}
     if not matched:
-        raise ValueError(f"pretrained: no key of {path} matches the backbone ({type(target).__name__}); the file's "
-                         f"first keys: {list(state)[:4]}, the backbone's: {list(own)[:4]}")
+        raise ValueError(f"pretrained: no key of {path} matches the backbone ({target}); the file's first keys: "
+                         f"{list(state)[:4]}, the backbone's: {list(own)[:4]}")
     wrong = [f"{k} {tuple(v.shape)} (backbone: {tuple(own[k].shape)})" for k, v in matched.items()
              if v.shape != own[k].shape]
     if wrong:
         raise ValueError(f"pretrained: {len(wrong)} tensor(s) of {path} have other shapes than the backbone's "
                          f"(another architecture or width?): {', '.join(wrong[:4])}")
-    target.load_state_dict(matched, strict=False)
+    load(matched)
     # BatchNorm's num_batches_tracked counts steps; checkpoints often leave it out, and it is not a weight
     missing = sorted(k for k in own if k not in matched and not k.endswith("num_batches_tracked"))
-    return LoadReport(path, loaded=sorted(matched), missing=missing,
-                      unexpected=sorted(k for k in state if not (k.startswith(prefix) and k[len(prefix):] in own)),
-                      prefix=prefix)
+    report = LoadReport(path, loaded=sorted(matched), missing=missing, prefix=prefix,
+                        unexpected=sorted(k for k in state if not (k.startswith(prefix) and k[len(prefix):] in own)))
+    if missing:
+        warnings.warn(report.summary(), stacklevel=3)
+    return report
+
+
+def load_backbone_weights(backbone: nn.Module, source: Union[str, Path, Mapping[str, torch.Tensor]]) -> LoadReport:
+    """Load ``source`` (a path, or a state dict) into ``backbone``: into its ``weights_module`` when it has one
+    (timm's / torchvision's own model inside the adapters, whose keys their checkpoints use), else into the
+    backbone itself. Missing keys also raise a warning (their tensors keep their initialisation)."""
+    target = getattr(backbone, "weights_module", backbone)
+    return load_matching(target.state_dict(), lambda matched: target.load_state_dict(matched, strict=False),
+                         source, type(target).__name__)
