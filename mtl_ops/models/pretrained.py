@@ -22,6 +22,10 @@ from torch import nn
 from ..common.optional import require
 
 
+class MissingWeightsWarning(UserWarning):
+    """A weights file left some of the backbone's tensors at their initialisation."""
+
+
 @dataclass
 class LoadReport:
     path: str
@@ -104,7 +108,7 @@ def load_matching(own: Mapping[str, torch.Tensor], load: Callable[[Dict[str, tor
     report = LoadReport(path, loaded=sorted(matched), missing=missing, prefix=prefix,
                         unexpected=sorted(k for k in state if not (k.startswith(prefix) and k[len(prefix):] in own)))
     if missing:
-        warnings.warn(report.summary(), stacklevel=3)
+        warnings.warn(report.summary(), MissingWeightsWarning, stacklevel=3)
     return report
 
 

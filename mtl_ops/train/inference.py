@@ -11,7 +11,7 @@ from ..utils.colormap import colorize_depth, colorize_edges, colorize_normals, c
 from ..utils.images import write_image
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
-from .methods import build_model
+from .methods import build_model, network_options
 from .normalize import TargetNormalized
 
 
@@ -19,8 +19,8 @@ def load_trained(path, device="cpu"):
     """(model in eval mode — the depth-normalising wrapper around the method network —, config, state)."""
     state = load_checkpoint(path, map_location=device)
     config = TrainConfig.from_dict(state["config"])
-    net = build_model(config.method, state["channels"], config.backbone,
-                      **{"width": config.width, **config.method_options})
+    # the weights come from the checkpoint: the pretrained file is not read again
+    net = build_model(config.method, state["channels"], config.backbone, **network_options(config, pretrained=False))
     model = TargetNormalized(net)
     model.load_state_dict(state["model"])
     if "adashare" in state.get("extra", {}):
