@@ -225,7 +225,7 @@ def is_builtin(name) -> bool:
 
 def backbone_label(backbone) -> str:
     """How errors name ``backbone`` (a name, or a module's class)."""
-    return backbone if isinstance(backbone, str) else f"{type(backbone).__name__} (a module)"
+    return repr(backbone) if isinstance(backbone, str) else f"{type(backbone).__name__} (a module)"
 
 
 def check_pretrained(pretrained, owner: str = "backbone") -> None:
