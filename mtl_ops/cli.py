@@ -174,7 +174,9 @@ def _cmd_eval(args) -> int:
     try:
         model, config, _ = load_trained(args.checkpoint)
         overrides = {k: v for k, v in (("data_root", args.data_root), ("cache_dir", args.cache_dir)) if v}
-        config = type(config).from_dict({**config.to_dict(), **overrides, "out_dir": None, "quiet": True})
+        # the weights come from the checkpoint: the pretrained file is not read again
+        config = type(config).from_dict({**config.to_dict(), **overrides, "out_dir": None, "quiet": True,
+                                         "pretrained": None})
         trainer = Trainer(config)
     except (ValueError, FileNotFoundError) as e:
         return _fail("eval", e)

@@ -172,3 +172,15 @@ def choose_num_threads(requested: Optional[int]) -> int:
     except OSError:
         busy = False
     return 1 if busy else torch.get_num_threads()
+
+
+def network_options(config, *, pretrained: bool = True) -> dict:
+    """The options the trainer builds ``config``'s network with: ``width`` for the built-in ResNets (the config's,
+    else ``TRAIN_WIDTH``), ``pretrained`` (unless ``pretrained=False``: a network whose weights come from a
+    checkpoint), then the config's ``method_options``."""
+    options = {}
+    if is_builtin(config.backbone):
+        options["width"] = TRAIN_WIDTH if config.width is None else config.width
+    if pretrained and config.pretrained not in (None, False):
+        options["pretrained"] = config.pretrained
+    return {**options, **config.method_options}

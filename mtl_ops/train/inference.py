@@ -10,8 +10,8 @@ import torch
 from ..utils.colormap import colorize_depth, colorize_edges, colorize_normals, colorize_segmentation
 from ..utils.images import write_image
 from .checkpoint import load_checkpoint
-from .config import TrainConfig
-from .methods import build_model, network_options
+from .config import TrainConfig, network_options
+from .methods import build_model
 from .normalize import TargetNormalized
 
 

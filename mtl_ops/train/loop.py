@@ -22,13 +22,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..models.pretrained import MissingWeightsWarning
 from .checkpoint import load_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, network_options
 from .curves import CURVES_FILE, write_curves
 from .epoch import NonFiniteLossError, flip_batches, run_epoch, seed_epoch
 from .evaluation import validation_metrics
 from .loading import build_datasets, make_loader
-from .methods import (MethodSpec, build_model, count_learnable_parameters, get_method, network_options,
-                      pretrained_reports)
+from .methods import MethodSpec, build_model, count_learnable_parameters, get_method, pretrained_reports
 from .normalize import TargetNormalized, depth_statistics
 from .progress import Progress
 from .resume import check_resumable, resume_config

@@ -8,7 +8,7 @@ Contract for a method's network (what ``register_method`` expects from ``build_f
   ``Net(tasks, backbone="resnet18", *, width=..., **options)`` qualifies; ``options`` are the method's
   registered ``defaults`` updated with the config's ``method_options``, plus ``width`` (the built-in ResNets'
   base width; passed with built-in backbones only) and ``pretrained`` (when the config sets it), which every
-  builder must accept (see :func:`network_options`);
+  builder must accept (see :func:`mtl_ops.train.config.network_options`);
 * ``forward(images) -> dict[task -> prediction]``: dense predictions (B, C, H, W) at the input resolution,
   image-level tasks (``attributes``) as (B, C) (a dense map is average-pooled by the trainer);
 * deep supervision: if the method has it, ``forward(images, return_aux=True) -> (preds, aux)`` where ``aux``
@@ -35,7 +35,6 @@ from typing import Callable, Dict, Mapping, Optional
 from torch import nn
 
 from ..models import AdaShareNet, CTALNet, ETRNLPNet, Medusa, PDFNet, SharedNet, SingleTaskNets
-from ..models.backbones import is_builtin
 from .adashare_phases import adashare_schedule
 from .medusa_ufl import ufl_requested, ufl_schedule
 from .pdf_schedule import pdf_schedule
@@ -97,20 +96,6 @@ def build_model(method: str, tasks: Dict[str, int], backbone: str = "resnet18", 
         return spec.build(tasks, backbone, **options)
     except TypeError as e:
         raise ValueError(f"method {method!r}: bad method_options {sorted(options)}: {e}") from e
-
-
-def network_options(config, *, pretrained: bool = True) -> dict:
-    """The options the trainer builds ``config``'s network with: ``width`` for the built-in ResNets (the config's,
-    else ``TRAIN_WIDTH``), ``pretrained`` (unless ``pretrained=False``: a network whose weights come from a
-    checkpoint), then the config's ``method_options``."""
-    from .config import TRAIN_WIDTH  # config imports this module (the method names)
-
-    options = {}
-    if is_builtin(config.backbone):
-        options["width"] = TRAIN_WIDTH if config.width is None else config.width
-    if pretrained and config.pretrained not in (None, False):
-        options["pretrained"] = config.pretrained
-    return {**options, **config.method_options}
 
 
 def pretrained_reports(model: nn.Module) -> list:
