@@ -99,7 +99,7 @@ def test_ddp_processes_skip_or_stop_a_nonfinite_step_together(tmp_path):
 
 
 def test_torchrun_cli_run_writes_one_run_folder(tmp_path):
-    """`torchrun -m mtl_ops.cli train` as the README shows it: 2 gloo processes, rank 0 alone checks and writes
+    """`torchrun -m mtl_ops.cli train` as docs/training.md shows it: 2 gloo processes, rank 0 alone checks and writes
     the run folder (config.json, log, checkpoint); a second launch into it is refused without --overwrite."""
     out = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mtl_ops.cli",
