@@ -263,3 +263,12 @@ def network_options(config, *, pretrained: bool = True) -> dict:
     if pretrained and config.pretrained not in (None, False):
         options["pretrained"] = config.pretrained
     return {**options, **config.method_options}
+
+
+def backbone_description(config: Dict) -> str:
+    """The backbone of a configuration (as ``TrainConfig.to_dict()`` gives it) as a report names it: a built-in
+    ResNet with its width, any other backbone by its name."""
+    backbone = config["backbone"]
+    if is_builtin(backbone):
+        return f"{backbone} at width {TRAIN_WIDTH if config.get('width') is None else config['width']}"
+    return str(backbone)
