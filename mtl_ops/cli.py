@@ -1,9 +1,11 @@
 """The `mtl-ops` command: `info` (build and backends), `bench` (speed and memory ratio table), `train`,
-`eval`, `predict` and `demo` (train and compare every method on the embedded synthetic scenes)."""
+`eval`, `predict`, `demo` (train and compare every method on the embedded synthetic scenes) and `study` (every
+method with several seeds at a larger budget)."""
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -212,19 +214,24 @@ def _cmd_predict(args) -> int:
     return 0
 
 
-def _cmd_demo(args) -> int:
+def _demo_config(args, defaults):
+    """The demo's or the study's TrainConfig: ``defaults`` (the demo's data and budget), then the flags given."""
     from .train import TrainConfig
+
+    return TrainConfig(**{**defaults, **{k: v for k, v in (
+        ("n_train", args.n_train), ("n_val", args.n_val), ("epochs", args.epochs), ("width", args.width),
+        ("size", tuple(args.size) if args.size else None), ("backbone", args.backbone),
+        ("tasks", tuple(args.tasks) if args.tasks else None), ("seed", getattr(args, "seed", None)),
+        ("cache_dir", args.cache_dir), ("batch_size", args.batch_size),
+        ("num_threads", args.num_threads)) if v is not None}})
+
+
+def _cmd_demo(args) -> int:
     from .train.demo import DEMO_DEFAULTS, run_demo
 
     try:
-        base = TrainConfig(**{**DEMO_DEFAULTS, **{k: v for k, v in (
-            ("n_train", args.n_train), ("n_val", args.n_val), ("epochs", args.epochs), ("width", args.width),
-            ("size", tuple(args.size) if args.size else None), ("backbone", args.backbone),
-            ("tasks", tuple(args.tasks) if args.tasks else None), ("seed", args.seed),
-            ("cache_dir", args.cache_dir), ("batch_size", args.batch_size),
-            ("num_threads", args.num_threads)) if v is not None}})
-        results = run_demo(args.out_dir, methods=args.methods, base=base, quiet=args.quiet,
-                           timing_steps=args.timing_steps)
+        results = run_demo(args.out_dir, methods=args.methods, base=_demo_config(args, DEMO_DEFAULTS),
+                           quiet=args.quiet, timing_steps=args.timing_steps)
     except (ValueError, FileNotFoundError) as e:
         return _fail("demo", e)
     print(f"demo finished in {results['wall_seconds']:.0f} s; report: {args.out_dir}/report.md")
@@ -266,6 +273,20 @@ def _methods_epilog() -> str:
     names = available_methods()
     pad = max(map(len, names))
     return "methods:\n" + "\n".join(f"  {name:<{pad}}  {get_method(name).description}" for name in names)
+
+
+def _cmd_study(args) -> int:
+    from .train.demo import DEMO_DEFAULTS
+    from .train.study import STUDY_DEFAULTS, run_study
+
+    try:
+        base = _demo_config(args, {**DEMO_DEFAULTS, "epochs": STUDY_DEFAULTS["epochs"]})
+        data = run_study(args.out_dir, seeds=args.seeds, methods=args.methods, base=base, quiet=args.quiet,
+                         overwrite=args.overwrite, command=args.command_line)
+    except (ValueError, FileNotFoundError) as e:
+        return _fail("study", e)
+    print(f"study of {len(data['methods'])} method(s) x {len(data['seeds'])} seed(s) written: {args.out_dir}/study.md")
+    return 0
 
 
 def _add_train_arguments(p) -> None:
@@ -334,17 +355,17 @@ def _add_train_arguments(p) -> None:
                    help="no progress bar or per-epoch lines (the bar shows only on a terminal anyway)")
 
 
-def _add_demo_arguments(p) -> None:
-    from .train.demo import DEMO_DEFAULTS, demo_methods
+def _add_demo_arguments(p, defaults: dict) -> None:
+    """The options demo and study share: which methods, and the data and budget (``defaults``: the demo's or
+    the study's; the argparse defaults stay None so that only the flags given override them)."""
+    from .train.demo import demo_methods
 
     def option(flag, help, **kw):
         name = flag[2:].replace("-", "_")
-        default = DEMO_DEFAULTS[name] if name in DEMO_DEFAULTS else _config_default(name)
+        default = defaults[name] if name in defaults else _config_default(name)
         kw.setdefault("metavar", "N" if kw.get("type") is int else None)
         p.add_argument(flag, help=f"{help} (default: {_shown(default)})", **kw)
 
-    p.add_argument("--out-dir", default="mtl_ops_demo", metavar="DIR",
-                   help="where report.md, metrics.json, predictions.png and each method's run go")
     p.add_argument("--methods", nargs="+", metavar="METHOD",
                    help=f"methods to train and compare (default: {' '.join(demo_methods())})")
     option("--tasks", "tasks to train", nargs="+", metavar="TASK")
@@ -355,11 +376,8 @@ def _add_demo_arguments(p) -> None:
     option("--width", "base width of the built-in ResNets", type=int)
     option("--backbone", "resnet10, resnet18, resnet34, or timm:<model name>")
     option("--size", "image size", type=int, nargs=2, metavar=("H", "W"))
-    option("--seed", "seed of the initialisation, data order and augmentation", type=int)
     p.add_argument("--cache-dir", metavar="DIR", help="where the synthetic scenes are cached (default: "
                                                       "$MTL_OPS_CACHE/synthetic, else ~/.cache/mtl_ops/synthetic)")
-    p.add_argument("--timing-steps", type=int, default=3, metavar="N",
-                   help="training steps timed per model with fused and with reference ops (median reported)")
     p.add_argument("--num-threads", type=int, metavar="N",
                    help="torch CPU threads (default: 1 when the machine is busy, else torch's default)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
@@ -418,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
                         " (other flags that differ from the run are refused, listed)")
     p.add_argument("--overwrite", action="store_true",
                    help="allow a new run into an --out-dir that already holds files: the run replaces config.json, "
-                        "metrics.jsonl/.csv and last.pt there (other files stay)")
+                        "metrics.jsonl/.csv, last.pt and curves.png there (other files stay)")
     p.set_defaults(func=_cmd_train)
     p = command("eval", "validation metrics of a checkpoint")
     p.add_argument("checkpoint", help="a checkpoint written by mtl-ops train (last.pt)")
@@ -436,14 +454,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default=".", metavar="DIR", help="where the PNGs <IMAGE name>_<task>.png go")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize the image first (default: its size)")
     p.set_defaults(func=_cmd_predict)
+    from .train.demo import DEMO_DEFAULTS, TIMING_STEPS
+    from .train.study import STUDY_DEFAULTS
+
     p = command("demo", "train and compare every method on the synthetic scenes; write a report")
-    _add_demo_arguments(p)
+    p.add_argument("--out-dir", default="mtl_ops_demo", metavar="DIR",
+                   help="where report.md, metrics.json, the figures and each method's run go")
+    _add_demo_arguments(p, DEMO_DEFAULTS)
+    p.add_argument("--seed", type=int, metavar="N",
+                   help=f"seed of the initialisation, data order and augmentation (default: "
+                        f"{DEMO_DEFAULTS['seed'] if 'seed' in DEMO_DEFAULTS else _config_default('seed')})")
+    p.add_argument("--timing-steps", type=int, default=TIMING_STEPS, metavar="N",
+                   help="alternated training steps per backend when timing a step (median per-pair ratio reported)")
     p.set_defaults(func=_cmd_demo)
+    study_defaults = {**DEMO_DEFAULTS, "epochs": STUDY_DEFAULTS["epochs"]}
+    p = command("study", "every method with several seeds at a larger budget: mean ± standard deviation of each "
+                         "metric and of Δm, per-seed spread plots (resumable)")
+    p.add_argument("--out-dir", default="mtl_ops_study", metavar="DIR",
+                   help="where study.md, study.json, the spread plots and every run go; a study stopped part-way "
+                        "continues there, skipping finished runs")
+    p.add_argument("--seeds", type=int, default=STUDY_DEFAULTS["seeds"], metavar="N",
+                   help="number of seeds: 0 ... N-1")
+    _add_demo_arguments(p, study_defaults)
+    p.add_argument("--overwrite", action="store_true",
+                   help="train every run again, also those finished in --out-dir (needed to change the budget of a "
+                        "study there)")
+    p.set_defaults(func=_cmd_study)
     return parser
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["mtl-ops"] + argv)  # what a report records as the command that made it
     return args.func(args)
 
 

@@ -1,7 +1,9 @@
 """What was built, what runs here, and why the rest does not (``mtl_ops.info()`` / ``mtl-ops info``)."""
 from __future__ import annotations
 
+import os
 import platform
+import subprocess
 
 import torch
 
@@ -17,6 +19,19 @@ def _triton_version() -> str | None:
     except ImportError:
         return None
     return triton.__version__
+
+
+def source_commit() -> str | None:
+    """The commit measured: $MTL_OPS_COMMIT where set (a copy of the tree without .git, as on a lent GPU
+    machine), else git's HEAD."""
+    if os.environ.get("MTL_OPS_COMMIT"):
+        return os.environ["MTL_OPS_COMMIT"][:12]
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=__file__.rsplit("/", 2)[0])
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def collect() -> dict:

@@ -1,19 +1,28 @@
 """AdaShare inside a plain, user-written PyTorch loop (no trainer): the embedded synthetic scenes, the
-AdaShare network with its Gumbel-softmax policy, alternating weight and policy steps, then hard-policy
-inference and the package's metrics.
+AdaShare network with its Gumbel-softmax policy, a warm-up with every block shared, then alternating weight
+and policy steps on two halves of the data, then the learned execute probabilities, a hard policy sampled
+from them, and hard-policy inference with the package's metrics.
 
     python python/adashare_own_loop.py --steps 60 --size 48 64
+
+The policy settings are the ones the demo uses at its short budget (docs/methods/adashare.md has the
+measurements): Adam at lr 0.1 on the logits, sparsity weight 0.001 and sharing weight 0.005 (the upstream
+Taskonomy weights). With lr 0.01 and a sparsity weight of 0.05 the regulariser's gradient is larger than the
+task losses' and a few dozen policy steps move every probability by a few hundredths, towards "skip".
 """
 import argparse
+import itertools
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from mtl_ops.data import SyntheticScenes
 from mtl_ops.metrics import DepthMetric, SegmentationMetric
 from mtl_ops.models import AdaShareNet, set_adashare_phase
-from mtl_ops.nn import policy_table
+from mtl_ops.nn import policy_table, probability_table
+
+POLICY_LR, SPARSITY_WEIGHT, SHARING_WEIGHT = 0.1, 0.001, 0.005
 
 
 def losses(out, batch):
@@ -21,6 +30,13 @@ def losses(out, batch):
     valid = batch["valid"]
     depth = (out["depth"] - batch["depth"]).abs()[valid].mean()
     return seg + depth
+
+
+def endless(dataset, batch_size, seed):
+    """Batches from shuffled passes over ``dataset``, forever."""
+    for epoch in itertools.count():
+        g = torch.Generator().manual_seed(seed + epoch)
+        yield from DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=g)
 
 
 def main(argv=None):
@@ -40,30 +56,38 @@ def main(argv=None):
                         head_dropout=0.0, seed=0)
     policy = model.policy
     weight_opt = torch.optim.Adam(model.weight_parameters(), lr=1e-3)
-    policy_opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    policy_opt = torch.optim.Adam(policy.parameters(), lr=POLICY_LR, weight_decay=5e-4)
 
-    loader = DataLoader(train, batch_size=8, shuffle=True, drop_last=True)
-    step = 0
-    while step < args.steps:
-        for batch in loader:
-            phase = "policy" if step % 4 == 3 else "weights"  # 3 weight steps per policy step
+    # AdaShare's two halves: weight steps read one, policy steps the other
+    half = len(train) // 2
+    weight_batches = endless(Subset(train, range(half)), 8, seed=1)
+    policy_batches = endless(Subset(train, range(half, len(train))), 8, seed=2)
+    warmup = args.steps // 4
+    for step in range(args.steps):
+        if step < warmup:  # warm-up: every block executed by every task (hard parameter sharing)
+            phase, batch = "weights", next(weight_batches)
+            set_adashare_phase(model, policy, phase)
+            loss = losses(model.forward_hard(batch["image"]), batch)
+        else:              # then one weight step and one policy step per cycle, soft gates sampled each time
+            phase = "policy" if (step - warmup) % 2 else "weights"
+            batch = next(policy_batches if phase == "policy" else weight_batches)
             set_adashare_phase(model, policy, phase)
             loss = losses(model(batch["image"], policy.sample_soft()), batch)
             if phase == "policy":
-                loss = loss + 0.05 * policy.sparsity_loss()
-            opt = policy_opt if phase == "policy" else weight_opt
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if phase == "policy":
-                policy.decay_temperature()
-            if step % 20 == 0:
-                print(f"step {step:4d} {phase:<7} loss {loss.item():.3f}")
-            step += 1
-            if step >= args.steps:
-                break
+                loss = loss + SPARSITY_WEIGHT * policy.sparsity_loss() + SHARING_WEIGHT * policy.sharing_loss()
+        opt = policy_opt if phase == "policy" else weight_opt
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if phase == "policy":
+            policy.decay_temperature()  # once per cycle
+        if step % 20 == 0:
+            print(f"step {step:4d} {phase:<7} loss {loss.item():.3f}")
 
-    hard = policy.argmax_policy()
+    print("learned execute probabilities:")
+    print(probability_table(policy.probabilities()[..., 0], model.task_names))
+    hard = policy.sample_hard(generator=torch.Generator().manual_seed(0))  # the reference samples its policy
+    print("hard policy sampled from them:")
     print(policy_table(hard, model.task_names))
     model.eval()
     seg, depth = SegmentationMetric(train.num_classes), DepthMetric()

@@ -12,7 +12,7 @@ from torch import nn
 from harness import backend_params, exact_fp32
 from mtl_ops.models import AdaShareNet, set_adashare_phase
 from mtl_ops.nn import (AdaSharePolicy, ASPPv2Head, TaskBatchNorm2d, TriePlan, execute_mask, num_executed_blocks,
-                        one_hot_gates, policy_table, shared_block_executions)
+                        one_hot_gates, policy_table, probability_table, shared_block_executions)
 
 TASKS = {"seg": 3, "depth": 1, "normals": 2}
 
@@ -257,6 +257,15 @@ def test_policy_helpers():
     assert "task0" in ascii_table
     # an AdaSharePolicy means its argmax policy
     assert num_executed_blocks(AdaSharePolicy(2, 8)).tolist() == [8, 8]
+    probs = torch.tensor([[0.5, 0.125, 1.0], [0.0, 0.994, 0.5]])
+    lines = probability_table(probs, ["seg", "depth"]).splitlines()
+    assert lines[0].split("|")[1].split() == ["1", "2", "3"]
+    assert lines[2].split("|")[1].split() == ["0.50", "0.12", "1.00"]
+    assert lines[3].startswith("depth") and lines[3].split("|")[1].split() == ["0.00", "0.99", "0.50"]
+    with pytest.raises(ValueError, match=r"execute_probabilities must have shape \(T, L\), got \(2, 3, 2\)"):
+        probability_table(torch.zeros(2, 3, 2))
+    with pytest.raises(ValueError, match="got 1 task names for probabilities of 2 tasks"):
+        probability_table(probs, ["seg"])
 
 
 # ============================================================================================== blocks

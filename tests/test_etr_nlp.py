@@ -166,3 +166,31 @@ def test_module_linear_fast_path_matches_the_fused_op():
     assert_close(fast.routed(x), general.routed(x).detach(), torch.float64, "reduction")
     with pytest.raises(ValueError, match=r"linear_fast_path needs linear primitives only"):
         ETRNLPConv(6, 8, 2, linear_fast_path=True)  # the default set has a max pool
+
+
+@pytest.mark.parametrize("decoder, stride", [("fpn", 4), ("none", 32)])
+def test_dense_heads_read_the_decoder_map(decoder, stride):
+    # the heads' input: the FPN decoder's stride-4 map of each task's route, or the stride-32 deepest map alone
+    # (a 2x3 grid at 64x96, the demo's 64x84 gives the same: too coarse for object boundaries)
+    tasks = {"a": 3, "b": 1}
+    net = ETRNLPNet(tasks, "resnet10", width=8, decoder=decoder)
+    seen = {}
+
+    def record(task):
+        def hook(module, args):
+            seen[task] = tuple(args[0].shape)
+        return hook
+
+    for t, head in net.heads.items():
+        head.register_forward_pre_hook(record(t))
+    out = net(torch.randn(2, 3, 64, 96))
+    channels = 64 if decoder == "fpn" else net.backbone.channels[-1]  # head_channels, or the deepest stage's
+    assert seen == {t: (2, channels, 64 // stride, 96 // stride) for t in tasks}
+    assert out["a"].shape == (2, 3, 64, 96) and out["b"].shape == (2, 1, 64, 96)
+    if decoder == "fpn":  # one decoder, its weights shared by the routes; each task's head reads its own route
+        assert net.decoder is not None and len(net.decoder.lateral) == 4
+
+
+def test_bad_decoder():
+    with pytest.raises(ValueError, match=r"ETRNLPNet: decoder must be one of \('fpn', 'none'\), got 'aspp'"):
+        ETRNLPNet({"a": 3}, "resnet10", width=8, decoder="aspp")

@@ -112,6 +112,31 @@ def test_adashare_phases_save_and_print_policy(tmp_path, capsys):
             torch.testing.assert_close(p, trainer.wrapper(images)[t])
 
 
+# The demo's policy-learning schedule against the one the demo used before: 2 cycles of one pass over each half,
+# the reference's policy lr 0.01 and regulariser weights of 0.05. That one leaves the gates of blocks 1-6 at
+# exactly 0.5 (the curriculum never unlocks them) and moves the other two by about 0.01, alike for both tasks.
+OLD_DEMO_POLICY = {"search_cycles": 2, "policy_lr": 0.01, "sparsity_weight": 0.05, "sharing_weight": 0.05}
+
+
+@pytest.mark.parametrize("schedule", ["demo", "old"])
+def test_adashare_policy_moves_on_a_small_run(schedule):
+    from mtl_ops.train.demo import DEMO_SCHEDULES
+
+    policy = {k: v for k, v in DEMO_SCHEDULES["adashare"].items() if k not in ("warmup_epochs", "retrain_epochs")} \
+        if schedule == "demo" else OLD_DEMO_POLICY
+    trainer = Trainer(tiny_config(method="adashare", tasks=("semseg", "depth"),
+                                  schedule_options={**policy, "warmup_epochs": 1, "retrain_epochs": 1}))
+    trainer.fit()
+    p = torch.tensor(trainer.adashare_execute_probabilities)
+    assert p.shape == (2, 8)
+    away = (p - 0.5).abs()
+    if schedule == "demo":
+        assert torch.all(away.mean(dim=1) > 0.15), p      # every task's probabilities left 0.5 ...
+        assert (p[0] - p[1]).abs().max() > 0.2, p          # ... and the two tasks' differ
+    else:
+        assert torch.all(p[:, :6] == 0.5) and away.max() < 0.05, p
+
+
 @pytest.mark.parametrize("threshold,expect_fused", [(-1.0, True), (1.5, False)])
 def test_pdf_schedule_saves_grouping_similarity_and_heatmap(tmp_path, threshold, expect_fused):
     tasks = ("semseg", "depth", "normals")
@@ -124,8 +149,8 @@ def test_pdf_schedule_saves_grouping_similarity_and_heatmap(tmp_path, threshold,
     s = torch.tensor(steps[0]["similarity"])
     assert s.shape == (3, 3) and torch.allclose(s, s.T, atol=1e-5)
     assert torch.allclose(s.diagonal(), torch.ones(3), atol=1e-4)
-    with Image.open(tmp_path / "pdf_similarity_stage0.png") as im:
-        assert (im.format, im.mode, im.size) == ("PNG", "RGB", (72, 72))
+    with Image.open(tmp_path / "pdf_similarity_stage0.png") as im:  # its labels: tests/test_figures.py
+        assert (im.format, im.mode) == ("PNG", "RGBA") and min(im.size) > 100
     if expect_fused:  # a threshold below any value: fewest groups, i.e. everything fused at stage 0
         assert steps[0]["groups"] == [list(tasks)] and steps[0]["fused"]
         assert trainer.net.groupings[0] == (tasks,)

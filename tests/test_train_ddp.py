@@ -107,7 +107,8 @@ def test_torchrun_cli_run_writes_one_run_folder(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT)] + sys.path), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "last.pt", "metrics.csv", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "curves.png", "last.pt", "metrics.csv",
+                                                     "metrics.jsonl"]
     assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1]
     again = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode != 0 and "already holds files" in again.stderr

@@ -75,7 +75,7 @@ def test_a_new_run_into_a_folder_with_another_run_needs_overwrite(tmp_path, caps
     first = (out / "last.pt").read_bytes()
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert f"out_dir: {out} already holds files (config.json, last.pt, metrics.csv, metrics.jsonl)" in err
+    assert f"out_dir: {out} already holds files (config.json, curves.png, last.pt, metrics.csv, metrics.jsonl)" in err
     assert "--overwrite" in err and (out / "last.pt").read_bytes() == first
     assert main(argv + ["--overwrite", "--seed", "1"]) == 0
     assert [r["epoch"] for r in _rows(out)] == [1]  # the log starts afresh
@@ -141,9 +141,10 @@ def test_output_files_are_created_0644(tmp_path):
     finally:
         os.umask(previous)
     for path in (out / "last.pt", out / "config.json", out / "metrics.jsonl", out / "metrics.csv",
-                 tmp_path / "image.png"):
+                 out / "curves.png", tmp_path / "image.png"):
         assert oct(path.stat().st_mode & 0o777) == oct(0o644), path
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "last.pt", "metrics.csv", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "curves.png", "last.pt", "metrics.csv",
+                                                     "metrics.jsonl"]
 
 
 # ---------------------------------------------------------------------------------------------- non-finite losses

@@ -16,7 +16,8 @@ from typing import Callable
 import torch
 
 from .. import __version__
-from .runner import _commit, device_name, time_call
+from ..info import source_commit
+from .runner import device_name, time_call
 
 #: tasks of the NYUv2 setting the methods' papers report
 TASKS = {"semseg": 13, "depth": 1, "normals": 3}
@@ -87,7 +88,7 @@ def network_rows(methods=None, device: torch.device | None = None, dtype: torch.
     s = SIZES[size]
     common = dict(size=size, shape=f"B={s['batch']} {s['height']}x{s['width']} resnet18 width {s['backbone_width']}",
                   dtype=str(dtype).replace("torch.", ""), device=device_name(device), torch=str(torch.__version__),
-                  mtl_ops=__version__, commit=_commit(),
+                  mtl_ops=__version__, commit=source_commit(),
                   timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     rows = []
     gen = torch.Generator().manual_seed(0)

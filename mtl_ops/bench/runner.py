@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 
 from .. import __version__
+from ..info import source_commit
 from .cases import CASES, BenchCase, providers_for
 from .memory import peak_memory_bytes, timing_malloc_mode
 
@@ -132,19 +133,6 @@ def device_copy_bandwidth(device: torch.device, nbytes: int = 2 * 2**30) -> floa
     return _PEAK_BANDWIDTH[key]
 
 
-def _commit() -> str | None:
-    """The commit measured: $MTL_OPS_COMMIT where set (a copy of the tree without .git, as on a lent GPU
-    machine), else git's HEAD."""
-    if os.environ.get("MTL_OPS_COMMIT"):
-        return os.environ["MTL_OPS_COMMIT"][:12]
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=__file__.rsplit("/", 3)[0])
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -162,7 +150,7 @@ def run_case(case: BenchCase, device: torch.device, dtype: torch.dtype, size: st
     provider names to run (default all); ``measure_memory=False`` skips the peak-memory call."""
     inputs = case.make_inputs(case.sizes[size], device, dtype)
     common = dict(op=case.op, size=size, shape=case.label(size), dtype=str(dtype).replace("torch.", ""),
-                  device=device_name(device), torch=str(torch.__version__), mtl_ops=__version__, commit=_commit(),
+                  device=device_name(device), torch=str(torch.__version__), mtl_ops=__version__, commit=source_commit(),
                   timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     peak_bw = device_copy_bandwidth(device)
     rows = []

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..nn.blocks import BasicBlock
-from ..utils.optional import require
+from ..common.optional import require
 
 _DEPTHS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 

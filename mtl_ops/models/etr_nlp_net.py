@@ -3,12 +3,16 @@ T task routes stacked along the batch after the (shared, unconverted) stem, and 
 
 ``ETRNLPNet(tasks, backbone="resnet18", head="dense" | "classification", **options)``:
   * tasks: {name: out_channels};
-  * head="dense": per task, 3×3 conv + BN + ReLU + 1×1 on the deepest map, bilinear to the input size;
-    ``forward(images) -> {task: (B, out, H, W)}``;
+  * head="dense": per task, 3×3 conv + BN + ReLU + 1×1, bilinear to the input size;
+    ``forward(images) -> {task: (B, out, H, W)}``. What the heads read is ``decoder``: ``"fpn"`` (default)
+    the shared baseline's FPN decoder (mtl_ops/models/shared.py) run on every task's route, so each task's
+    head reads its own stride-4 map built from its four stage outputs; ``"none"`` the deepest map alone
+    (stride 32: a 2×3 grid at 64×84, too coarse for segmentation — see docs/methods/etr_nlp.md);
   * head="classification" (image-level multi-label, e.g. one CelebA attribute per task): global average
     pool + linear; ``forward(images) -> {task: (B, out)}`` logits;
   * options: width (backbone base width, 32), output_stride (32; dilated stages are not converted),
-    sharing_ratio (0.9), primitives, exclude (("stem",)), head_channels (64), seed, backend.
+    sharing_ratio (0.9), primitives, exclude (("stem",)), head_channels (64; also the FPN decoder's
+    channels), decoder ("fpn"), seed, backend.
 No deep supervision. ``learnable_parameters()`` / ``frozen_parameters()`` give the parameter accounting.
 """
 from __future__ import annotations
@@ -24,17 +28,22 @@ from ..nn.etr_nlp_convert import convert_to_etr_nlp
 from ..nn.etr_nlp_primitives import DEFAULT_PRIMITIVES
 from ..nn.task_names import check_task_channels
 from .backbones import RESNETS, build_backbone
+from .shared import FPNDecoder
+
+DECODERS = ("fpn", "none")
 
 
 class ETRNLPNet(nn.Module):
     def __init__(self, tasks: dict[str, int], backbone: str = "resnet18", *, head: str = "dense", width: int = 32,
                  output_stride: int = 32, sharing_ratio: float = 0.9, primitives: Sequence = DEFAULT_PRIMITIVES,
-                 exclude: Sequence[str] = ("stem",), head_channels: int = 64, seed: int = 0,
-                 backend: str | None = None):
+                 exclude: Sequence[str] = ("stem",), head_channels: int = 64, decoder: str = "fpn",
+                 seed: int = 0, backend: str | None = None):
         super().__init__()
         tasks = check_task_channels(tasks, "ETRNLPNet")
         if head not in ("dense", "classification"):
             raise ValueError(f"ETRNLPNet: head must be 'dense' or 'classification', got {head!r}")
+        if decoder not in DECODERS:
+            raise ValueError(f"ETRNLPNet: decoder must be one of {DECODERS}, got {decoder!r}")
         self.tasks = tasks
         self.head_kind = head
         if backbone not in RESNETS:
@@ -44,6 +53,12 @@ class ETRNLPNet(nn.Module):
         self.converted = convert_to_etr_nlp(self.backbone, len(self.tasks), sharing_ratio=sharing_ratio,
                                             primitives=primitives, exclude=exclude, seed=seed, backend=backend)
         c = self.backbone.channels[-1]
+        # one decoder for all routes: its weights are shared, as the shared baseline's are, and each task's
+        # head reads the decoder's output on that task's own route
+        self.decoder = FPNDecoder(list(self.backbone.channels), head_channels) \
+            if head == "dense" and decoder == "fpn" else None
+        if self.decoder is not None:
+            c = head_channels
         if head == "dense":
             self.heads = nn.ModuleDict({t: nn.Sequential(
                 nn.Conv2d(c, head_channels, 3, padding=1, bias=False), nn.BatchNorm2d(head_channels),
@@ -63,8 +78,12 @@ class ETRNLPNet(nn.Module):
         T = len(self.tasks)
         x = self.backbone.stem(images)
         x = x.repeat(T, 1, 1, 1)  # the T routes, stacked along the batch
+        features = []
         for stage in self.backbone.stages:
             x = stage(x)
+            features.append(x)
+        if self.decoder is not None:
+            x = self.decoder(features)
         out = {}
         for t, (name, feat) in enumerate(zip(self.tasks, x.chunk(T, dim=0))):
             if self.head_kind == "dense":

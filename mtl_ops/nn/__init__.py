@@ -9,11 +9,12 @@ __all__ = ["BasicBlock", "Bottleneck", "TaskBatchNorm2d", "check_task_names", "c
 
 # AdaShare
 from .adashare import TriePlan, shared_block_executions
-from .adashare_policy import AdaSharePolicy, execute_mask, num_executed_blocks, one_hot_gates, policy_table
+from .adashare_policy import (AdaSharePolicy, execute_mask, num_executed_blocks, one_hot_gates, policy_table,
+                              probability_table)
 from .aspp import ASPPv2Head
 
 __all__ += ["AdaSharePolicy", "ASPPv2Head", "TriePlan", "shared_block_executions", "execute_mask",
-            "num_executed_blocks", "one_hot_gates", "policy_table"]
+            "num_executed_blocks", "one_hot_gates", "policy_table", "probability_table"]
 
 # Progressive Decoder Fusion
 from .decoder_tree import DecoderTree

@@ -264,3 +264,21 @@ def policy_table(policy, task_names: Sequence[str] | None = None, *, symbols: tu
         cells = " ".join(f"{symbols[0] if e else symbols[1]:>{col_w}}" for e in row)
         lines.append(f"{name:<{name_w}} | {cells} | {sum(row)}/{L}")
     return "\n".join(lines)
+
+
+def probability_table(execute_probabilities, task_names: Sequence[str] | None = None) -> str:
+    """A printable task × block table of learned execute probabilities (T, L), e.g.
+    ``policy.probabilities()[..., 0]``, two decimals, laid out as :func:`policy_table`."""
+    probs = torch.as_tensor(execute_probabilities, dtype=torch.float32).detach().cpu()
+    if probs.dim() != 2:
+        raise ValueError(f"probability_table: execute_probabilities must have shape (T, L), got {tuple(probs.shape)}")
+    T, L = probs.shape
+    names = [f"task{t}" for t in range(T)] if task_names is None else [str(n) for n in task_names]
+    if len(names) != T:
+        raise ValueError(f"probability_table: got {len(names)} task names for probabilities of {T} tasks")
+    name_w = max([len("task")] + [len(n) for n in names])
+    header = f"{'task':<{name_w}} | " + " ".join(f"{l + 1:>4}" for l in range(L))
+    lines = [header, "-" * len(header)]
+    for name, row in zip(names, probs.tolist()):
+        lines.append(f"{name:<{name_w}} | " + " ".join(f"{v:4.2f}" for v in row))
+    return "\n".join(lines)

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
+from .curves import CURVES_FILE, write_curves
 from .epoch import NonFiniteLossError, flip_batches, run_epoch, seed_epoch
 from .evaluation import validation_metrics
 from .loading import build_datasets, make_loader
@@ -296,7 +297,8 @@ class Trainer:
             self.tasks = saved
 
     def fit(self) -> Dict[str, Dict]:
-        """Train with the method's schedule (or plain epochs) and return the final validation metrics. A run
+        """Train with the method's schedule (or plain epochs) and return the final validation metrics (logged as a
+        row of phase ``evaluation`` unless the last row holds them), then draw ``curves.png``. A run
         that fails before writing anything leaves no output folder behind."""
         try:
             if self.schedule is not None:
@@ -307,12 +309,35 @@ class Trainer:
             else:
                 self.wrap_ddp()
                 self.train_epochs(self.config.epochs)
-            result = self.evaluate() if self.dist.is_main else {}
+            result = self._final_metrics() if self.dist.is_main else {}
         except BaseException:
             self.run_dir.discard_if_empty()
             raise
+        if self.dist.is_main:
+            if self.history and self.history[-1].get("val") is not result:  # the final metrics, unless logged
+                self.log({"phase": "evaluation", "epoch": self.epoch, "step": self.step, "val": result})
+            self._write_curves()
         self.runtime.barrier()
         return result
+
+    def _final_metrics(self) -> Dict[str, Dict]:
+        """The trained model's validation metrics: those of the last log row when it evaluated this model after the
+        last epoch on every task (plain epochs and AdaShare's re-training do; evaluating again would give the same
+        numbers), else a new evaluation."""
+        last = self.history[-1] if self.history else {}
+        if last.get("epoch") == self.epoch and set(last.get("val", {})) == set(self.tasks):
+            return last["val"]
+        return self.evaluate()
+
+    def _write_curves(self) -> None:
+        """``curves.png`` of the finished run (see :mod:`mtl_ops.train.curves`). Without matplotlib the run still
+        succeeds, with a note that names the missing package."""
+        if not self.run_dir.enabled or not (self.run_dir.path / "metrics.jsonl").is_file():
+            return
+        try:
+            write_curves(self.run_dir.path, self.config.method)
+        except ImportError as e:
+            print(f"[{self.config.method}] {CURVES_FILE} not written: {e}", file=sys.stderr, flush=True)
 
     def train_epochs(self, epochs: int, phase: str = "train") -> None:
         """Plain epochs up to ``epochs`` completed ones: evaluation every ``eval_every`` epochs and after the last,

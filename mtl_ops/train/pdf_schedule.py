@@ -12,19 +12,18 @@
    (default ``config.epochs``). At most ``max_fusions`` fusion steps.
 
 Every step's similarity matrix and grouping go to ``pdf_schedule.json`` and a heat map
-``pdf_similarity_stage<g>.png`` in the output folder (and to ``trainer.pdf_steps``).
+``pdf_similarity_stage<g>.png`` (task names, the values, a colour bar) in the output folder (and to
+``trainer.pdf_steps``).
 """
 from __future__ import annotations
 
 import json
 
-import numpy as np
 import torch
 
 from ..nn.pdf_grouping import group_tasks
 from ..ops import cka
-from ..utils.colormap import heatmap
-from ..utils.images import write_image
+from .figures import save_figure, similarity_figure
 
 OPTIONS = ("threshold", "cka_images", "step_epochs", "max_fusions", "from_scratch")
 
@@ -72,8 +71,9 @@ def pdf_schedule(trainer) -> None:
                 "groups": [list(g) for g in groups], "fused": tuple(groups) != tuple(current)}
         trainer.pdf_steps.append(step)
         if trainer.run_dir.enabled:
-            write_image(trainer.run_dir.file(f"pdf_similarity_stage{stage}.png"),
-                        heatmap(np.clip(similarity.numpy(), 0, 1), cell=24))
+            title = f"PDF decoder stage {stage}: task similarity (grouping threshold {threshold})"
+            save_figure(similarity_figure(similarity.numpy(), tasks, title),
+                        trainer.run_dir.file(f"pdf_similarity_stage{stage}.png"))
             trainer.run_dir.write_text("pdf_schedule.json", json.dumps(trainer.pdf_steps, indent=2))
         if not cfg.quiet:
             print(f"[pdf] stage {stage}: groups {[list(g) for g in groups]}", flush=True)

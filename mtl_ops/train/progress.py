@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from ..utils.optional import require
+from ..common.optional import require
 
 
 class Progress:

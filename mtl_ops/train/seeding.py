@@ -19,6 +19,8 @@ STREAMS = (
     "global",          # torch's global generator during an epoch: dropout, Gumbel noise, the loaders' scale crops
     "adashare_split",  # AdaShare's two fixed halves of the training set (weight and policy steps)
     "new_head",        # the initial weights of the head Medusa's UFL protocol attaches
+    "adashare_weight_steps",  # the order of AdaShare's weight steps over their half, pass after pass
+    "adashare_policy_steps",  # the order of its policy steps over the other half
 )
 
 

@@ -62,14 +62,3 @@ def colorize_edges(edges: np.ndarray) -> np.ndarray:
     grey = (np.clip(np.asarray(edges, np.float64), 0, 1) * 255).round().astype(np.uint8)
     return np.repeat(grey[..., None], 3, axis=2)
 
-
-def heatmap(matrix: np.ndarray, cell: int = 24, vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
-    """A (T, T) matrix as an RGB image with ``cell``-pixel squares (viridis-like ramp) and 1-pixel grid lines."""
-    m = np.asarray(matrix, np.float64)
-    if m.ndim != 2:
-        raise ValueError(f"heatmap: matrix must be 2-D, got shape {m.shape}")
-    colours = _ramp((m - vmin) / max(vmax - vmin, 1e-9))
-    out = np.repeat(np.repeat(colours, cell, axis=0), cell, axis=1)
-    out[::cell, :] = 255
-    out[:, ::cell] = 255
-    return out

@@ -12,7 +12,7 @@ from typing import Union
 import numpy as np
 
 from .files import atomic_write
-from .optional import require
+from ..common.optional import require
 
 PathLike = Union[str, os.PathLike]
 
