@@ -24,6 +24,7 @@ from harness import LAYOUTS, layout_offset
 from hypothesis import strategies as st
 
 from mtl_ops.common.primitive_kinds import AVG_POOL, DENSE_CONV, DW_CONV, IDENTITY, MAX_POOL, NOISE, SHIFT
+from mtl_ops.ops import routed_primitive_gather_linear
 
 SUITES = {
     "gated_residual": test_gated_residual.TestGatedResidual,
@@ -124,8 +125,27 @@ def routed_primitive_gather(draw, tiny: bool, dtype):
     return case, {}
 
 
+class LinearFastPath(test_routed_primitive_gather.TestRoutedPrimitiveGather):
+    """routed_primitive_gather_linear (the effective-kernel fast path, plain PyTorch: one implementation, no
+    backend argument) as an op suite over routed_primitive_gather's inputs; it refuses a max_pool primitive."""
+    fn = staticmethod(lambda *args, backend, **kwargs: routed_primitive_gather_linear(*args, **kwargs))
+    CPU_BACKENDS = ("effective_kernel",)
+
+    @classmethod
+    def refusal(cls, sample):
+        """The error the fast path raises beyond routed_primitive_gather's checks (None: it runs)."""
+        kinds = sample.args[1]
+        if MAX_POOL in kinds:
+            return ValueError(f"routed_primitive_gather_linear: every primitive must be linear; primitive "
+                              f"{kinds.index(MAX_POOL)} is max_pool (use routed_primitive_gather)")
+        return None
+
+
+SUITES["routed_primitive_gather_linear"] = LinearFastPath
+
 CASES = {"gated_residual": gated_residual, "sfa_apply": sfa_apply, "ms_attention_mix": ms_attention_mix,
-         "ctal_affinity": ctal_affinity, "cka": cka, "routed_primitive_gather": routed_primitive_gather}
+         "ctal_affinity": ctal_affinity, "cka": cka, "routed_primitive_gather": routed_primitive_gather,
+         "routed_primitive_gather_linear": routed_primitive_gather}
 
 
 def examples(default: int, interpreted: bool = False) -> int:

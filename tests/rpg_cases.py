@@ -53,8 +53,8 @@ def make_case(prims="default5", T=2, B=2, C=4, H=7, W=9, C_sh=4, C_sp=3, stride=
     def rnd(*shape, scale=1.0):
         return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dtype)
     x = rnd(T * B, C, H, W)
-    w_shared = rnd(C_sh, k * C // groups, 1, 1, scale=(k * C / groups) ** -0.5)
+    w_shared = rnd(C_sh, k * C // groups, 1, 1, scale=max(1, k * C // groups) ** -0.5)  # C = 0: refused by the checks
     b_shared = rnd(C_sh)
-    w_task = rnd(T, C_sp, C, 3, 3, scale=(9 * C) ** -0.5)
+    w_task = rnd(T, C_sp, C, 3, 3, scale=max(1, 9 * C) ** -0.5)
     b_task = rnd(T, C_sp)
     return (x, kinds, params, frozen, w_shared, b_shared, w_task, b_task), dict(stride=stride, groups=groups)

@@ -1,16 +1,19 @@
 """Property-based tests of every fused op against its reference: hypothesis draws the inputs (shapes with
 empty dimensions, batch 1, 1 x 1 and odd maps, every dtype the op takes, a memory layout per tensor:
 contiguous, channels-last, permuted, strided, at a storage offset; tests/op_strategies.py) and each CPU
-backend must either match the reference in float64 on the CPU within the tolerance table (output and every
-input gradient, tests/op_suite.py's check) or, where the argument checks refuse the input, raise their error.
+backend (the reference itself in the input dtype, the compiled one, the Triton interpreter on tiny inputs,
+and routed_primitive_gather's effective-kernel fast path) must either match the reference in float64 on the
+CPU within the tolerance table (output and every input gradient, tests/op_suite.py's check) or, where the
+argument checks refuse the input, raise their error.
 
 The default run is bounded and derandomised (the same examples every run; no example database is written).
-``MTL_OPS_HYPOTHESIS_EXAMPLES=<n>`` runs n random examples per op on the compiled backend and n/10 on the
-Triton interpreter, keeping failures in ``.hypothesis/`` (run once for 30 minutes: its findings are the
-regression tests at the end of this file).
+``MTL_OPS_HYPOTHESIS_EXAMPLES=<n>`` runs n random examples per op and backend (n/10 on the Triton
+interpreter), keeping failures in ``.hypothesis/``. docs/testing.md says how long each takes and what the
+long run found; its findings are ordinary regression tests in the op's own test file.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import re
 
@@ -22,23 +25,26 @@ from hypothesis import strategies as st
 from op_strategies import CASES, PROPERTY_LAYOUTS, SUITES, examples
 from op_suite import Sample
 
-from mtl_ops import ops
-
 LONG_RUN = bool(os.environ.get("MTL_OPS_HYPOTHESIS_EXAMPLES"))
 BASE = settings(deadline=None, derandomize=not LONG_RUN, database=settings.default.database if LONG_RUN else None,
                 print_blob=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 def spec(op: str):
-    return getattr(ops, op).SPEC
+    return importlib.import_module(f"mtl_ops.ops.{op}").SPEC
 
 
 def params(backend: str) -> list:
+    """(op, backend) pairs: the reference for every op; a fused backend where the op's suite runs it here."""
     out = []
     for op, suite in SUITES.items():
-        if backend in suite.CPU_BACKENDS:
+        if backend == "reference" and "effective_kernel" not in suite.CPU_BACKENDS:
+            out.append(pytest.param(op, "reference", id=f"{op}-reference"))
+        elif backend == "effective_kernel" and backend in suite.CPU_BACKENDS:
+            out.append(pytest.param(op, backend, id=f"{op}-{backend}"))
+        elif backend in suite.CPU_BACKENDS:
             out += [pytest.param(op, *p.values, marks=p.marks, id=f"{op}-{p.id}")
-                    for p in backend_params(op, "cpu", (backend,))]
+                    for p in backend_params(suite.OP, "cpu", (backend,))]
     return out
 
 
@@ -62,22 +68,45 @@ def check_op(op: str, backend: str, data, tiny: bool) -> None:
     check_sample(suite, backend, sample, dtype)
 
 
-def check_sample(suite, backend: str, sample: Sample, dtype) -> None:
-    """The property for one input: the backend raises what the argument checks raise, or matches the reference."""
+def refusal(suite, sample: Sample) -> Exception | None:
+    """The error the argument checks raise for the sample (None: they accept it)."""
     op = spec(suite.OP)
     try:
         op.check(*op.parse(*suite.operator_args(sample)))
     except (ValueError, TypeError) as refused:
+        return refused
+    extra = getattr(suite, "refusal", None)
+    return extra(sample) if extra else None
+
+
+def check_sample(suite, backend: str, sample: Sample, dtype) -> None:
+    """The property for one input: the backend raises what the argument checks raise, or matches the reference."""
+    refused = refusal(suite, sample)
+    if refused is not None:
         with pytest.raises(type(refused), match=re.escape(str(refused))):
             suite.fn(*sample.args, backend=backend, **sample.kwargs)
         return
     suite.check_against_reference(backend, sample, dtype)
 
 
+@pytest.mark.parametrize("op, backend", params("reference"))
+@settings(BASE, max_examples=examples(10))
+@given(data=st.data())
+def test_reference_in_each_dtype_matches_float64(op, backend, data):
+    check_op(op, backend, data, tiny=False)
+
+
 @pytest.mark.parametrize("op, backend", params("cpp"))
 @settings(BASE, max_examples=examples(25))
 @given(data=st.data())
 def test_compiled_backend_matches_reference(op, backend, data):
+    check_op(op, backend, data, tiny=False)
+
+
+@pytest.mark.parametrize("op, backend", params("effective_kernel"))
+@settings(BASE, max_examples=examples(25))
+@given(data=st.data())
+def test_linear_fast_path_matches_reference(op, backend, data):
     check_op(op, backend, data, tiny=False)
 
 
