@@ -21,6 +21,7 @@ Structure (where it is simpler than the authors' network, their version in brack
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Mapping, Optional, Sequence
 
 import torch
@@ -74,6 +75,17 @@ class PDFHead(nn.Module):
         return F.interpolate(self.out(z), size=tuple(size), mode="bilinear", align_corners=False)
 
 
+@dataclasses.dataclass(frozen=True)
+class _StageFactory:
+    """The decoder tree's stage factory (a module-level class, not a closure: the network then pickles)."""
+    deepest: int                 # channels of the backbone's deepest map (stage 0's input)
+    skips: list[int]             # skip channels per stage (c4, c3, c2, c1)
+    decoder_channels: int
+
+    def __call__(self, k: int) -> nn.Module:
+        return DecoderBlock(self.deepest if k == 0 else self.decoder_channels, self.skips[k], self.decoder_channels)
+
+
 class PDFNet(nn.Module):
     """PDF multi-task network; see the module docstring.
 
@@ -97,11 +109,7 @@ class PDFNet(nn.Module):
             raise ValueError(f"PDFNet: the backbone must give 4 feature maps, got {len(channels)}")
         self.extra = BasicBlock(channels[-1], channels[-1], stride=2)
         self.decoder_channels = decoder_channels
-        skips = channels[::-1]                                      # c4, c3, c2, c1
-
-        def stage_factory(k: int) -> nn.Module:
-            return DecoderBlock(channels[-1] if k == 0 else decoder_channels, skips[k], decoder_channels)
-
+        stage_factory = _StageFactory(channels[-1], channels[::-1], decoder_channels)  # skips c4, c3, c2, c1
         self.decoder = DecoderTree(list(self.tasks), stage_factory, self.num_stages, groupings)
         self.heads = nn.ModuleDict({t: PDFHead(self.num_stages, decoder_channels, k, t in IMAGE_LEVEL_TASKS)
                                     for t, k in self.tasks.items()})

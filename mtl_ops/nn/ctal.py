@@ -16,10 +16,11 @@ import torch
 from torch import nn
 
 from ..ops.ctal_affinity import ctal_affinity
+from .memory_format import StacksOfKernels
 from .task_names import check_task_names
 
 
-class CTAL(nn.Module):
+class CTAL(StacksOfKernels):
     """Cross-task affinity learning over T tasks.
 
     Args:

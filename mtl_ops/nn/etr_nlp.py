@@ -17,6 +17,7 @@ from torch import nn
 from ..ops import routed_primitive_gather, routed_primitive_gather_linear
 from ..common.primitive_kinds import LINEAR_KINDS
 from .etr_nlp_primitives import DEFAULT_PRIMITIVES, make_frozen, parse_primitive
+from .memory_format import StacksOfKernels
 from .task_batchnorm import TaskBatchNorm2d
 
 
@@ -24,7 +25,7 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-class ETRNLPConv(nn.Module):
+class ETRNLPConv(StacksOfKernels):
     """Args:
         in_channels, out_channels: C_in, C_out.
         tasks: the number of tasks T, or their names.
