@@ -32,6 +32,15 @@ def build_network(method: str, **options) -> nn.Module:
     return cls(TASKS, "resnet18" if method == "adashare" else "resnet10", width=4, **defaults, **options)
 
 
+def o1_weights(net: nn.Module) -> nn.Module:
+    """The network with He-initialised convolutions: AdaShare's reference init, N(0, 0.01) for every conv,
+    gives outputs near 1e-6, which float16 flushes to zero and which make any comparison vacuous."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight)
+    return net
+
+
 def _flat(out) -> list[torch.Tensor]:
     if isinstance(out, torch.Tensor):
         return [out]
@@ -82,7 +91,8 @@ MODULES = {
     "ETRNLPConv": (lambda **o: ETRNLPConv(4, 6, 2, sharing_ratio=0.5, **o),
                    lambda m, d, f: _flat(m(_input((4, 4, 5, 6), d, f)))),
     **{f"net-{method}": ((lambda method: lambda **o: build_network(method, **o))(method), _images)
-       for method in NETWORKS},
+       for method in NETWORKS if method != "adashare"},
+    "net-adashare": (lambda **o: o1_weights(build_network("adashare", **o)), _images),
     "net-ctal-per_task_fusion": (lambda **o: build_network("ctal", per_task_fusion=True, **o), _images),
 }
 # the cases whose build takes a backend (the modules and networks that run fused ops)

@@ -18,5 +18,6 @@ def test_bad_arguments():
         ResNetBackbone(50)
     with pytest.raises(ValueError, match=r"name must be resnet10, resnet18, resnet34 or timm:<name>, got 'vgg'"):
         build_backbone("vgg")
-    with pytest.raises(ValueError, match=r"expected images \(B, C, H, W\)"):
+    with pytest.raises(ValueError, match=r"ResNetBackbone: images must be a floating-point torch.Tensor \(B, C, H, W\) "
+                                         r"with C = 3, got shape \(3, 32, 32\)"):
         build_backbone("resnet10", width=4)(torch.randn(3, 32, 32))

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..nn.blocks import BasicBlock
+from ..nn.inputs import check_map
 from ..common.optional import require
 
 _DEPTHS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
@@ -32,6 +33,7 @@ class ResNetBackbone(nn.Module):
             raise ValueError(f"ResNetBackbone: output_stride must be 8, 16 or 32, got {output_stride!r}")
         if not isinstance(width, int) or width < 1:
             raise ValueError(f"ResNetBackbone: width must be a positive int, got {width!r}")
+        self.in_channels = in_channels
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
                                   nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
         strides = [1, 2, 2, 2]
@@ -58,8 +60,7 @@ class ResNetBackbone(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if x.dim() != 4:
-            raise ValueError(f"ResNetBackbone: expected images (B, C, H, W), got shape {tuple(x.shape)}")
+        check_map(x, "ResNetBackbone", "images", self.in_channels)
         x = self.stem(x)
         features = []
         for stage in self.stages:
@@ -80,6 +81,11 @@ class TimmBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(self.model(x))
+
+
+def check_images(images, where: str, backbone: nn.Module) -> None:
+    """A network's input: floating-point (B, C, H, W) images with the backbone's C (when it says it)."""
+    check_map(images, where, "images", getattr(backbone, "in_channels", None))
 
 
 RESNETS = tuple(f"resnet{depth}" for depth in _DEPTHS)

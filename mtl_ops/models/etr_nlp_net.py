@@ -27,7 +27,7 @@ from ..nn.etr_nlp import frozen_parameters, learnable_parameters
 from ..nn.etr_nlp_convert import convert_to_etr_nlp
 from ..nn.etr_nlp_primitives import DEFAULT_PRIMITIVES
 from ..nn.task_names import check_task_channels
-from .backbones import RESNETS, build_backbone
+from .backbones import RESNETS, build_backbone, check_images
 from .shared import FPNDecoder
 
 DECODERS = ("fpn", "none")
@@ -73,8 +73,7 @@ class ETRNLPNet(nn.Module):
         return frozen_parameters(self)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        if images.dim() != 4:
-            raise ValueError(f"ETRNLPNet: expected images (B, C, H, W), got shape {tuple(images.shape)}")
+        check_images(images, "ETRNLPNet", self.backbone)
         T = len(self.tasks)
         x = self.backbone.stem(images)
         x = x.repeat(T, 1, 1, 1)  # the T routes, stacked along the batch

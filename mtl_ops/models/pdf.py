@@ -31,7 +31,7 @@ from torch import nn
 from ..nn.decoder_tree import DecoderTree
 from ..nn.blocks import BasicBlock
 from ..nn.task_names import check_task_channels
-from .backbones import build_backbone
+from .backbones import build_backbone, check_images
 from .heads import IMAGE_LEVEL_TASKS
 
 
@@ -124,6 +124,7 @@ class PDFNet(nn.Module):
         return self.decoder(e5, features[::-1], return_all_stages=True)
 
     def forward(self, images: torch.Tensor) -> dict:
+        check_images(images, "PDFNet", self.backbone)
         stages = self._stages(images)
         return {t: self.heads[t](stages[t], images.shape[-2:]) for t in self.tasks}
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.task_names import check_task_channels
-from .backbones import build_backbone
+from .backbones import build_backbone, check_images
 from .heads import IMAGE_LEVEL_TASKS, conv_bn_relu, make_head
 
 
@@ -51,6 +51,7 @@ class SharedNet(nn.Module):
                          head_hidden) for t, k in self.tasks.items()})
 
     def forward(self, images: torch.Tensor) -> dict:
+        check_images(images, "SharedNet", self.backbone)
         features = self.backbone(images)
         dense = self.decoder(features) if any(t not in IMAGE_LEVEL_TASKS for t in self.tasks) else None
         return {t: head(features[-1] if t in IMAGE_LEVEL_TASKS else dense, images.shape[-2:])
@@ -67,4 +68,5 @@ class SingleTaskNets(nn.Module):
         self.nets = nn.ModuleDict({t: SharedNet({t: k}, backbone, **options) for t, k in self.tasks.items()})
 
     def forward(self, images: torch.Tensor) -> dict:
+        check_images(images, "SingleTaskNets", next(iter(self.nets.values())).backbone)
         return {t: net(images)[t] for t, net in self.nets.items()}

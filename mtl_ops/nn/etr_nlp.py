@@ -17,6 +17,7 @@ from torch import nn
 from ..ops import routed_primitive_gather, routed_primitive_gather_linear
 from ..common.primitive_kinds import LINEAR_KINDS
 from .etr_nlp_primitives import DEFAULT_PRIMITIVES, make_frozen, parse_primitive
+from .inputs import check_map
 from .memory_format import StacksOfKernels
 from .task_batchnorm import TaskBatchNorm2d
 
@@ -114,6 +115,7 @@ class ETRNLPConv(StacksOfKernels):
                                        groups=self.groups, backend=self.backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_map(x, "ETRNLPConv", "x", self.in_channels, "(T*B, C_in, H, W)")
         return self.bn(self.routed(x), list(range(self.num_tasks)))
 
 

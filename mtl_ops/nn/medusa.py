@@ -26,6 +26,7 @@ from torch import nn
 
 from ..ops import ms_attention_mix, sfa_apply
 from .blocks import BasicBlock
+from .inputs import check_map, check_scales
 
 SFA_MASKS = ("spatial", "channel")
 MSA_MODES = ("predictions", "features")
@@ -58,6 +59,7 @@ class SharedFeatureAttention(nn.Module):
         return out + features.unsqueeze(0) if self.residual else out
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        check_map(features, "SharedFeatureAttention", "features", self.channels)
         return self.apply_masks(features, self.mask_logits(features).unsqueeze(0))[0]
 
 
@@ -86,8 +88,9 @@ class MultiScaleAttentionHead(nn.Module):
                 nn.Conv2d(width, out_channels, 1))
 
     def forward(self, features: Sequence[torch.Tensor], size: Sequence[int] | None = None, return_aux: bool = False):
-        if len(features) != len(self.values):
-            raise ValueError(f"MultiScaleAttentionHead: expected {len(self.values)} feature maps, got {len(features)}")
+        check_scales(features, "MultiScaleAttentionHead", [conv.in_channels for conv in self.values])
+        if size is not None and not (isinstance(size, (tuple, list, torch.Size)) and len(size) == 2):
+            raise TypeError(f"MultiScaleAttentionHead: size must be None or (H, W), got {size!r}")
         size = tuple(features[0].shape[-2:]) if size is None else tuple(size)
         values = [conv(f) for conv, f in zip(self.values, features)]
         logits = [conv(f) for conv, f in zip(self.logits, features)]
@@ -117,6 +120,5 @@ class MedusaHead(nn.Module):
         return self.msa(refined, tuple(masked[0].shape[-2:]), return_aux=return_aux)
 
     def forward(self, features: Sequence[torch.Tensor], return_aux: bool = False):
-        if len(features) != len(self.sfa):
-            raise ValueError(f"MedusaHead: expected {len(self.sfa)} feature maps, got {len(features)}")
+        check_scales(features, "MedusaHead", self.in_channels)
         return self.forward_masked([sfa(f) for sfa, f in zip(self.sfa, features)], return_aux=return_aux)
