@@ -60,6 +60,8 @@ class ResNetBackbone(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """images (B, in_channels, H, W) -> the four stage outputs [(B, C_i, H / s_i, W / s_i)], ``channels[i]``
+        channels at ``strides[i]`` (4, 8, 16, 32 unless dilated)."""
         check_map(x, "ResNetBackbone", "images", self.in_channels)
         x = self.stem(x)
         features = []
@@ -80,6 +82,7 @@ class TimmBackbone(nn.Module):
         self.strides = list(self.model.feature_info.reduction())
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """images (B, C, H, W) -> timm's feature maps [(B, channels[i], H / strides[i], W / strides[i])]."""
         return list(self.model(x))
 
 

@@ -76,6 +76,8 @@ class CTALNet(nn.Module):
         return self.fuse(torch.cat(up, dim=1))
 
     def forward(self, images: torch.Tensor, return_aux: bool = False):
+        """images (B, 3, H, W) at the built ``image_size`` -> {task: (B, K_t, H, W)}; with ``return_aux``,
+        (predictions, [{task: (B, K_t, H, W)}]): the initial predictions before CTAL, for deep supervision."""
         check_images(images, "CTALNet", self.backbone)
         if tuple(images.shape[-2:]) != self.image_size:
             raise ValueError(f"CTALNet: expected images (B, C, {self.image_size[0]}, {self.image_size[1]}) (the CTAL "

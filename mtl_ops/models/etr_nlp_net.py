@@ -73,6 +73,8 @@ class ETRNLPNet(nn.Module):
         return frozen_parameters(self)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """images (B, 3, H, W) -> {task: prediction}: (B, K_t, H, W) for dense tasks, (B, K_t) for image-level
+        ones. The T routes run stacked along the batch."""
         check_images(images, "ETRNLPNet", self.backbone)
         T = len(self.tasks)
         x = self.backbone.stem(images)

@@ -105,6 +105,8 @@ class Medusa(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor, return_aux: bool = False):
+        """images (B, 3, H, W) -> {task: (B, K_t, H, W)}; with ``return_aux``, (predictions, [{task: (B, K_t, H,
+        W)} per scale]) (see the class docstring)."""
         check_images(images, "Medusa", self.backbone)
         features = self.backbone(images)[:self.num_scales]
         names = list(self.heads)

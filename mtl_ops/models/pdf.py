@@ -49,6 +49,7 @@ class DecoderBlock(nn.Module):
             nn.Conv2d(mid, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """x (B, in_channels, h, w), skip (B, skip_channels, H, W) -> (B, out_channels, H, W)."""
         u = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
         r = u if self.project is None else self.project(u)
         return torch.relu(self.body(torch.cat([u, skip], 1)) + r)
@@ -124,6 +125,8 @@ class PDFNet(nn.Module):
         return self.decoder(e5, features[::-1], return_all_stages=True)
 
     def forward(self, images: torch.Tensor) -> dict:
+        """images (B, 3, H, W) -> {task: prediction}: (B, K_t, H, W) for dense tasks, (B, K_t) for image-level
+        ones."""
         check_images(images, "PDFNet", self.backbone)
         stages = self._stages(images)
         return {t: self.heads[t](stages[t], images.shape[-2:]) for t in self.tasks}

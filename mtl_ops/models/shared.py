@@ -51,6 +51,8 @@ class SharedNet(nn.Module):
                          head_hidden) for t, k in self.tasks.items()})
 
     def forward(self, images: torch.Tensor) -> dict:
+        """images (B, 3, H, W) -> {task: prediction}: (B, K_t, H, W) for dense tasks, (B, K_t) for image-level
+        ones."""
         check_images(images, "SharedNet", self.backbone)
         features = self.backbone(images)
         dense = self.decoder(features) if any(t not in IMAGE_LEVEL_TASKS for t in self.tasks) else None
@@ -68,5 +70,7 @@ class SingleTaskNets(nn.Module):
         self.nets = nn.ModuleDict({t: SharedNet({t: k}, backbone, **options) for t, k in self.tasks.items()})
 
     def forward(self, images: torch.Tensor) -> dict:
+        """images (B, 3, H, W) -> {task: prediction}: (B, K_t, H, W) for dense tasks, (B, K_t) for image-level
+        ones. Each task's own network runs on the images."""
         check_images(images, "SingleTaskNets", next(iter(self.nets.values())).backbone)
         return {t: net(images)[t] for t, net in self.nets.items()}

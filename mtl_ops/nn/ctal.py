@@ -73,6 +73,7 @@ class CTAL(StacksOfKernels):
         nn.init.uniform_(self.fusion_bias, -bound, bound)
 
     def forward(self, features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{task: (B, C_in, H, W)} at the built ``feature_size`` (H, W) -> {task: (B, channels, 2H, 2W)}."""
         check_task_maps(features, "CTAL", self.tasks)
         H, W = self.feature_size
         for t in self.tasks:

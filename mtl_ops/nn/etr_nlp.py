@@ -115,6 +115,8 @@ class ETRNLPConv(StacksOfKernels):
                                        groups=self.groups, backend=self.backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (T·B, C_in, H, W), route t in rows [t·B, (t+1)·B) -> (T·B, C_out, H', W'), H' = ceil(H / stride);
+        the routed convolution, then each task's BatchNorm."""
         check_map(x, "ETRNLPConv", "x", self.in_channels, "(T*B, C_in, H, W)")
         return self.bn(self.routed(x), list(range(self.num_tasks)))
 

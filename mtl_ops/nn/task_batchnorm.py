@@ -48,6 +48,8 @@ class TaskBatchNorm2d(nn.Module):
         return self.bns[task] if self.task_specific else self.bns[0]
 
     def forward(self, x: torch.Tensor, tasks: Sequence[int]) -> torch.Tensor:
+        """x (n·B, C, H, W), n = len(tasks) equal chunks; chunk i is normalised as task ``tasks[i]``. Returns
+        (n·B, C, H, W)."""
         if isinstance(tasks, (str, torch.Tensor)) or not isinstance(tasks, Sequence):
             raise TypeError(f"TaskBatchNorm2d: tasks must be a sequence of task indices (one per batch chunk), "
                             f"got {describe(tasks)}")
