@@ -11,8 +11,8 @@ The task branch is the usual per-task 3×3 conv. Same arguments and result as ro
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from ..common.conv import conv2d
 from ..common.primitive_kinds import (AVG_POOL, DENSE_CONV, DW_CONV, IDENTITY, KIND_NAMES, LINEAR_KINDS, NOISE,
                                       SHIFT, output_size)
 from .routed_primitive_gather import check_args, parse_args
@@ -98,11 +98,11 @@ def routed_primitive_gather_linear(x: torch.Tensor, kinds, params, frozen, w_sha
         shared = x[:, :0, ::stride, ::stride].clone()
     else:
         k_eff, R = effective_kernel(kinds, params, frozen, w_shared, C, groups)
-        shared = F.conv2d(x, k_eff, b_shared, stride, R)
+        shared = conv2d(x, k_eff, b_shared, stride, R)
         noise = _noise_bias(x, kinds, frozen, w_shared, groups, stride)
         if noise is not None:
             shared = shared + noise
     if w_task.shape[1] == 0:
         return shared
-    task = torch.cat([F.conv2d(xt, w_task[t], b_task[t], stride, 1) for t, xt in enumerate(x.chunk(T, 0))], 0)
+    task = torch.cat([conv2d(xt, w_task[t], b_task[t], stride, 1) for t, xt in enumerate(x.chunk(T, 0))], 0)
     return torch.cat([shared, task], dim=1)
