@@ -1,4 +1,4 @@
-"""Build of mtl_ops' compiled backends (see README "Build options").
+"""Build of mtl_ops' compiled backends (see docs/ops.md, "Build options").
 
 Two libraries are built: ``mtl_ops._C`` (schemas + CPU kernels, always) and ``mtl_ops._C_cuda`` (CUDA
 kernels), so that a CPU-only machine still loads the CPU kernels. Environment:

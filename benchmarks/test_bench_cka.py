@@ -1,6 +1,6 @@
 """cka: every provider, forward only (the op has no backward), with peak memory (pytest-benchmark).
 
-Target (issue #7): CPU fp32, T=5 n=800 d=2048, debiased: fused >= 2x the reference. Compare rows of one
+Target: CPU fp32, T=5 n=800 d=2048, debiased: fused >= 2x the reference. Compare rows of one
 run: `pytest benchmarks/test_bench_cka.py --benchmark-group-by=param:mode`.
 """
 import pytest

@@ -1,4 +1,4 @@
-"""ctal_affinity (issue #3): every provider, forward and forward+backward, with peak memory (pytest-benchmark).
+"""ctal_affinity: every provider, forward and forward+backward, with peak memory (pytest-benchmark).
 
 Target: CPU, NYUv2 setting B=2 T=3 C=128 72x96 fp32, fwd+bwd: cpp >= 5x the reference, faster than
 torch.compile(reference) and than the exact reassociation in plain PyTorch ("reassoc(plain torch)"), with

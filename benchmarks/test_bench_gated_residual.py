@@ -1,6 +1,6 @@
 """gated_residual: every provider, forward and forward+backward, with peak memory (pytest-benchmark).
 
-Target (issue #2): CPU, T=3 B=8 C=64 72x96 fp32, fwd+bwd: cpp >= 1.5x the reference and at least as fast
+Target: CPU, T=3 B=8 C=64 72x96 fp32, fwd+bwd: cpp >= 1.5x the reference and at least as fast
 as torch.compile(reference). Compare rows of one run: `pytest benchmarks --benchmark-group-by=param:mode`.
 """
 import pytest

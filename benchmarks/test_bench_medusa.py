@@ -1,6 +1,6 @@
 """Medusa ops: every provider, forward and forward+backward, with peak memory (pytest-benchmark).
 
-Targets (issue #4), CPU fp32 forward+backward:
+Targets, CPU fp32 forward+backward:
 * ms_attention_mix, S=4 scales (strides 4..32 of a 288x384 image -> 72x96), B=8, K=40: cpp >= 3x the
   reference and >= 1.5x torch.compile(reference); peak memory <= 1/3 of the reference's.
 * sfa_apply, T=4 over the four resnet18 scales: cpp >= 1.5x the reference.

@@ -1,4 +1,4 @@
-"""Progressive Decoder Fusion (issue #7): training step time and learnable parameter count of PDFNet per
+"""Progressive Decoder Fusion: training step time and learnable parameter count of PDFNet per
 decoder configuration, from T separate decoders (Sep-De) to one fully shared decoder (pytest-benchmark).
 
 Each row's ``extra_info`` holds the configuration's parameter count (whole network and decoder alone) and

@@ -1,6 +1,6 @@
 """routed_primitive_gather: every provider, forward and forward+backward, with peak memory (pytest-benchmark).
 
-Target (issue #5): CPU, T=3 B=8 C_in=C_out=64 72x96, 5 primitives, fp32, fwd+bwd: fused >= 2x the reference, at least as fast
+Target: CPU, T=3 B=8 C_in=C_out=64 72x96, 5 primitives, fp32, fwd+bwd: fused >= 2x the reference, at least as fast
 as torch.compile(reference), peak memory <= 1/3 of the reference.  Compare rows of one run: `pytest benchmarks --benchmark-group-by=param:mode`.
 """
 import pytest

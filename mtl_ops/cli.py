@@ -107,16 +107,25 @@ def _given_options(args) -> dict:
     from .train import TrainConfig
 
     data = {}
+    if getattr(args, "preset", None):
+        from .train.presets import preset_values
+
+        data = preset_values(args.preset)
     if getattr(args, "config", None):
         from_file = TrainConfig.from_json(args.config).to_dict()  # validated, normalised
-        data = {k: from_file[k] for k in json.loads(Path(args.config).read_text())}
+        data.update({k: from_file[k] for k in json.loads(Path(args.config).read_text())})
     for name in ("method", "tasks", "dataset", "data_root", "size", "n_train", "n_val", "backbone", "width", "epochs",
                  "batch_size", "lr", "weighting", "device", "seed", "num_workers", "num_threads", "out_dir", "cache_dir",
-                 "max_steps_per_epoch", "scale_crop", "crop_scales"):
+                 "max_steps_per_epoch", "scale_crop", "crop_scales", "weight_decay", "optimizer", "momentum",
+                 "nesterov", "betas", "eps", "grad_clip", "lr_schedule", "lr_interval", "lr_power", "lr_min",
+                 "lr_step_size", "lr_milestones", "lr_gamma", "warmup", "warmup_start_factor", "best_metric",
+                 "dwa_temperature", "aux_weight"):
         value = getattr(args, name, None)
         if value is not None:
             data[name] = list(value) if isinstance(value, list) else value
-    for name in ("method_options", "schedule_options", "loss_weights"):
+    if getattr(args, "baseline_metrics", None):
+        data["baseline_metrics"] = _read_baseline(args.baseline_metrics)
+    for name in ("method_options", "schedule_options", "loss_weights", "aggregator_options"):
         value = getattr(args, name, None)
         if value is not None:
             try:
@@ -131,6 +140,23 @@ def _given_options(args) -> dict:
         data["quiet"] = True
     if getattr(args, "skip_nonfinite", False):
         data["skip_nonfinite"] = True
+    return data
+
+
+def _read_baseline(path) -> dict:
+    """The metrics ``{task: {metric: value}}`` in the JSON file ``path``: as written by ``mtl-ops eval --json``
+    (its ``val``) or the metrics object alone."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--baseline-metrics: no file at {path}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--baseline-metrics: {path} is not valid JSON ({e})") from None
+    if isinstance(data, dict) and isinstance(data.get("val"), dict):
+        data = data["val"]
+    if not isinstance(data, dict):
+        raise ValueError(f"--baseline-metrics: expected {{task: {{metric: value}}}} (or mtl-ops eval --json output) "
+                         f"in {path}, got {type(data).__name__}")
     return data
 
 
@@ -296,6 +322,10 @@ def _add_train_arguments(p) -> None:
     from .train.loading import SYNTHETIC_SIZE
     from .train.methods import available_methods
     from .train.tasks import KNOWN_TASKS
+    from .train.aggregation import AGGREGATORS
+    from .train.lr_schedule import LR_INTERVALS, LR_SCHEDULES
+    from .train.optim import OPTIMIZERS
+    from .train.presets import PRESETS
     from .train.weighting import WEIGHTINGS
 
     def option(flag, help, **kw):
@@ -303,6 +333,10 @@ def _add_train_arguments(p) -> None:
         kw.setdefault("metavar", "N" if kw.get("type") is int else None)
         p.add_argument(flag, help=f"{help} (default: {_config_default(name)})", **kw)
 
+    p.add_argument("--preset", metavar="NAME", choices=sorted(PRESETS),
+                   help=f"the authors' published configuration of a method on a dataset, one of: "
+                        f"{', '.join(sorted(PRESETS))} (docs/presets.md lists the values and their sources; "
+                        f"--config and the options below override it) (default: none)")
     p.add_argument("--config", metavar="JSON", help="a JSON file with TrainConfig fields (the options below override "
                                                     "it; without it, the defaults below apply)")
     option("--method", f"the method to train, one of: {', '.join(available_methods())} (see the list below)")
@@ -320,8 +354,44 @@ def _add_train_arguments(p) -> None:
     option("--epochs", "training epochs (the phases of AdaShare, PDF and Medusa's UFL default to it; "
                       "--schedule-options sets them one by one)", type=int)
     option("--batch-size", "images per step (per process under torchrun)", type=int)
-    option("--lr", "learning rate (AdamW)", type=float)
-    option("--weighting", f"how task losses are combined, one of: {', '.join(WEIGHTINGS)}")
+    option("--lr", "learning rate (the schedule's peak)", type=float)
+    option("--weight-decay", "weight decay (Adam/RAdam/SGD: L2 on the gradient; AdamW: decoupled)", type=float)
+    option("--optimizer", f"one of: {', '.join(OPTIMIZERS)}")
+    option("--momentum", "SGD momentum", type=float)
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="SGD with Nesterov momentum (default: off)")
+    option("--betas", "Adam/AdamW/RAdam betas", type=float, nargs=2, metavar=("B1", "B2"))
+    option("--eps", "Adam/AdamW/RAdam epsilon", type=float)
+    p.add_argument("--grad-clip", type=float, metavar="NORM",
+                   help="clip the gradients' global L2 norm to NORM before each step (default: no clipping)")
+    option("--lr-schedule", f"learning-rate schedule, one of: {', '.join(LR_SCHEDULES)} (poly and cosine run to the "
+                            f"end of training)")
+    option("--lr-interval", "the schedule advances after every epoch or every optimisation step; --warmup, "
+                            "--lr-step-size and --lr-milestones count in this unit", choices=LR_INTERVALS)
+    option("--lr-power", "poly: lr × (1 − t/T)^power", type=float)
+    option("--lr-min", "cosine: the final learning rate", type=float)
+    p.add_argument("--lr-step-size", type=int, metavar="N",
+                   help="step: multiply the lr by --lr-gamma every N epochs/steps (default: none; step needs it)")
+    option("--lr-milestones", "multistep: multiply the lr by --lr-gamma at these epochs/steps", type=int,
+           nargs="+", metavar="N")
+    option("--lr-gamma", "step/multistep: the decay factor", type=float)
+    option("--warmup", "linear warm-up length in epochs/steps (see --lr-interval); 0: none", type=int)
+    option("--warmup-start-factor", "the warm-up starts at this fraction of --lr", type=float)
+    p.add_argument("--best-metric", metavar="KEY",
+                   help="also keep best.pt, the evaluated epoch with the best KEY: delta_m (needs --baseline-metrics) "
+                        "or TASK.METRIC, e.g. semseg.mIoU or depth.rmse, in the metric's own direction (default: "
+                        "only last.pt)")
+    p.add_argument("--baseline-metrics", metavar="JSON_FILE",
+                   help="the baseline of --best-metric delta_m: a file written by mtl-ops eval --json, or "
+                        "{task: {metric: value}} (default: none)")
+    option("--weighting", f"how the tasks are combined: a loss weighting ({', '.join(WEIGHTINGS)}) or a torchjd "
+                          f"aggregator on the shared backbone ({', '.join(AGGREGATORS)}; pip install "
+                          f"'mtl_ops[torchjd]')")
+    option("--dwa-temperature", "dwa: the softmax temperature", type=float)
+    p.add_argument("--aggregator-options", metavar="JSON",
+                   help="JSON of keyword arguments for the torchjd aggregator, e.g. '{\"c\": 0.4}' for cagrad "
+                        "(default: torchjd's own; cagrad needs c, fairgrad alpha)")
+    option("--aux-weight", "weight of the deep-supervision (auxiliary) losses", type=float)
     p.add_argument("--loss-weights", metavar="JSON",
                    help='fixed weight per task as JSON, e.g. \'{"depth": 2}\' (default: 1 for every task)')
     p.add_argument("--method-options", metavar="JSON",
@@ -436,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
                         " (other flags that differ from the run are refused, listed)")
     p.add_argument("--overwrite", action="store_true",
                    help="allow a new run into an --out-dir that already holds files: the run replaces config.json, "
-                        "metrics.jsonl/.csv, last.pt and curves.png there (other files stay)")
+                        "metrics.jsonl/.csv, last.pt, best.pt and curves.png there (other files stay)")
     p.set_defaults(func=_cmd_train)
     p = command("eval", "validation metrics of a checkpoint")
     p.add_argument("checkpoint", help="a checkpoint written by mtl-ops train (last.pt)")

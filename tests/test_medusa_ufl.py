@@ -54,9 +54,12 @@ def test_ufl_runs_and_reports_against_joint_and_single_task(tmp_path):
         assert report["gain_vs"][kind]["key"] == pytest.approx(-(rmse_ufl - rmse_base) / rmse_base * 100)
 
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["phase"] for r in rows] == ["ufl-mtl", "ufl-mtl", "ufl-head", "ufl-report"]
+    # the last row: the final network (every head) evaluated on every task, logged because no phase row held
+    # those metrics (curves.png reads them)
+    assert [r["phase"] for r in rows] == ["ufl-mtl", "ufl-mtl", "ufl-head", "ufl-report", "evaluation"]
     assert set(rows[1]["val"]) == {"semseg"} and set(rows[2]["val"]) == {"depth"}
-    assert rows[-1]["ufl"]["single_task"] == pytest.approx(results["single_task"]["metrics"])
+    assert rows[3]["ufl"]["single_task"] == pytest.approx(results["single_task"]["metrics"])
+    assert {t: pytest.approx(m) for t, m in rows[4]["val"].items()} == final
 
     state = load_checkpoint(tmp_path / "last.pt")
     assert state["extra"]["ufl"]["results"] == trainer.ufl_report["results"]

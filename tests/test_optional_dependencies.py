@@ -54,6 +54,9 @@ def test_core_imports_need_only_torch_and_numpy():
      "the training progress bar needs tqdm: pip install 'mtl_ops[train]'"),
     ("from mtl_ops.models.backbones import TimmBackbone; TimmBackbone('resnet18')",
      "TimmBackbone needs timm: pip install 'mtl_ops[timm]'"),
+    # the trainer imports without torchjd; an aggregator as weighting says which extra brings it
+    ("import mtl_ops.train; from mtl_ops.train.aggregation import make_aggregator; make_aggregator('upgrad', {}, 2)",
+     "weighting='upgrad' (a torchjd aggregator) needs torchjd: pip install 'mtl_ops[torchjd]'"),
 ])
 def test_a_missing_optional_package_names_its_extra(code, match, tmp_path):
     out = subprocess.run([sys.executable, "-c", BLOCKER + code], capture_output=True, text=True, timeout=300,

@@ -53,12 +53,13 @@ def test_every_optional_import_names_an_extra_that_installs_it():
         assert package.lower() in _requirements(extras[extra]), (file, module, package, extra)
 
 
-def test_the_development_environment_pins_the_train_extra():
+def test_the_development_environment_pins_the_train_and_torchjd_extras():
     pins = {}
     for line in (ROOT / "requirements-dev.txt").read_text().splitlines():
         line = line.split("#")[0].strip()
         if line:
             requirement = Requirement(line)
             pins[requirement.name.lower()] = requirement
-    for name in _requirements(PYPROJECT["project"]["optional-dependencies"]["train"]):
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    for name in list(_requirements(extras["train"])) + list(_requirements(extras["torchjd"])):
         assert name in pins and [s.operator for s in pins[name].specifier] == ["=="], name

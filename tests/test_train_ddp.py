@@ -99,7 +99,7 @@ def test_ddp_processes_skip_or_stop_a_nonfinite_step_together(tmp_path):
 
 
 def test_torchrun_cli_run_writes_one_run_folder(tmp_path):
-    """`torchrun -m mtl_ops.cli train` as the README shows it: 2 gloo processes, rank 0 alone checks and writes
+    """`torchrun -m mtl_ops.cli train` as docs/training.md shows it: 2 gloo processes, rank 0 alone checks and writes
     the run folder (config.json, log, checkpoint); a second launch into it is refused without --overwrite."""
     out = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mtl_ops.cli",
@@ -112,3 +112,55 @@ def test_torchrun_cli_run_writes_one_run_folder(tmp_path):
     assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1]
     again = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode != 0 and "already holds files" in again.stderr
+
+
+def _aggregator_worker(rank, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
+    result = {}
+    trainer = Trainer(tiny_config(tasks=TASKS, device="cpu", weighting="upgrad"))
+    trainer.wrap_ddp()
+    batch = next(iter(torch.utils.data.DataLoader(trainer.train_set, batch_size=4)))
+    result["grads"] = _aggregated_gradients(trainer, {k: v[2 * rank: 2 * rank + 2] for k, v in batch.items()})
+    # a random aggregator under AMP (bf16 on CPU): the replicas stay identical
+    trainer = Trainer(tiny_config(tasks=TASKS, device="cpu", weighting="graddrop", amp=True, seed=rank))
+    trainer.wrap_ddp()
+    trainer.train_epoch(0)
+    result["graddrop_state"] = trainer.wrapper.state_dict()
+    # DWA: every process weighs the tasks alike (the epoch losses averaged over the processes)
+    trainer = Trainer(tiny_config(tasks=TASKS, device="cpu", weighting="dwa"))
+    trainer.wrap_ddp()
+    for epoch in range(3):
+        trainer.train_epoch(epoch)
+    result["dwa"] = trainer.weighting.current_weights()
+    torch.save(result, os.path.join(out_dir, f"aggregator{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def _aggregated_gradients(trainer, batch):
+    trainer.model.eval()  # BatchNorm with running statistics, as in _gradients
+    trainer.optimizer.zero_grad(set_to_none=True)
+    loss_fn, backward = trainer._step_functions(None, trainer.optimizer)
+    total, _ = loss_fn(batch)
+    backward(total)
+    return {n: p.grad.clone() for n, p in trainer.wrapper.named_parameters() if p.grad is not None}
+
+
+def test_ddp_with_torchjd_aggregators_and_dwa(tmp_path):
+    """UPGrad under 2 gloo processes aggregates the Jacobian of the whole batch (the same gradients as one
+    process on it); GradDrop under AMP keeps the replicas identical although its drop is random (each process
+    seeded differently here); DWA gives every process the same weights."""
+    trainer = Trainer(tiny_config(tasks=TASKS, device="cpu", weighting="upgrad"))
+    expected = _aggregated_gradients(trainer, next(iter(torch.utils.data.DataLoader(trainer.train_set, batch_size=4))))
+    mp.start_processes(_aggregator_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True,
+                       start_method="spawn")
+    results = [torch.load(tmp_path / f"aggregator{r}.pt") for r in range(2)]
+    for name, grad in expected.items():
+        for r in results:
+            torch.testing.assert_close(r["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    for key, value in results[0]["graddrop_state"].items():
+        if "running" not in key and "num_batches" not in key:  # BatchNorm statistics stay per process
+            assert torch.equal(value, results[1]["graddrop_state"][key]), key
+    assert results[0]["dwa"] == results[1]["dwa"] and results[0]["dwa"] != {t: 1.0 for t in TASKS}

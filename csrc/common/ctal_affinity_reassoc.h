@@ -1,4 +1,4 @@
-// ctal_affinity by exact reassociation (spec part 1, section 1.7 Option A): no tensor with N x N elements.
+// ctal_affinity by exact reassociation: no tensor with N x N elements.
 //
 // Per sample, with F = the per-pixel L2-normalised x and V the projected features, both (T*C, N), and a tap
 // d = (ky, kx) shifting the key grid with zero fill (S_d):

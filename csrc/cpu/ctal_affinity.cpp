@@ -1,12 +1,15 @@
 // CPU kernels of ctal_affinity: the exact reassociation of csrc/common/ctal_affinity_reassoc.h (GEMMs over
 // views of the zero-padded features; nothing with N x N elements), one operator forward, one backward.
-#include "ctal_affinity.h"
+// allow_tf32: see csrc/common/fp32_matmul_precision.h (false: exact fp32 GEMMs whatever the global setting).
+// C++ callers reach these through the dispatcher (torch::ops / c10::Dispatcher), as Python does.
+#include <ATen/ATen.h>
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <tuple>
 #include <vector>
 
 #include "../common/ctal_affinity_args.h"

@@ -4,7 +4,7 @@
 //   backward: parallel over (b, pixel chunk), one pass over all tasks and channels:
 //             d_features = sum_t sigmoid(m_t) * g_t, d_m_t = sigmoid'(m_t) * (sum over c if M = 1) f * g_t.
 //             Each output element is produced by one work item: deterministic.
-#include "sfa_apply.h"
+#include <ATen/ATen.h>
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <tuple>
 #include <vector>
 
 #include "../common/accumulate_type.h"

@@ -25,7 +25,7 @@ class BenchCase:
     make_inputs: Callable[[dict, torch.device, torch.dtype], tuple]
     reference_fn: Callable
     fused_fn: Callable[[str], Callable]  # backend name -> fn(*inputs)
-    target: str = ""  # the speed/memory target, as stated in the issue
+    target: str = ""  # the speed/memory target the project set for this op (shown in the table)
     notes: dict = field(default_factory=dict)
     extra_providers: dict = field(default_factory=dict)  # other baselines: name -> fn(*inputs)
     modes: tuple = ("fwd", "fwd+bwd")  # forward-only ops (cka) have no backward to time

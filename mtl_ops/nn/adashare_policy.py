@@ -1,5 +1,5 @@
 """AdaShare's select-or-skip policy: per-task, per-block logits, Gumbel-softmax sampling, curriculum,
-temperature schedule and the policy regularisers (spec §3.4–3.6).
+temperature schedule and the policy regularisers (the AdaShare paper's and its reference code's forms).
 
 Gates are (T, L, 2) tensors everywhere: ``gates[t, l, 0]`` is the weight of "execute block l for task t",
 ``gates[t, l, 1]`` the weight of "skip it". Soft samples (training) sum to 1 over the last axis; hard
@@ -135,7 +135,7 @@ class AdaSharePolicy(nn.Module):
 
     def sample_soft(self, p_epoch: int | None = None, *, temperature: float | None = None,
                     generator: torch.Generator | None = None) -> torch.Tensor:
-        """Relaxed Gumbel-softmax sample (spec §3.4): ``v = softmax((α + G) / τ)``, G ~ Gumbel(0, 1) i.i.d.
+        """Relaxed Gumbel-softmax sample: ``v = softmax((α + G) / τ)``, G ~ Gumbel(0, 1) i.i.d.
 
         Differentiable in the logits (no straight-through). With ``p_epoch``, the first L−k blocks
         (curriculum) are overwritten with the constant [1, 0]. ``temperature`` defaults to the current τ.
@@ -166,7 +166,7 @@ class AdaSharePolicy(nn.Module):
         with torch.no_grad():
             return self._force_execute(one_hot_gates(self.logits[..., 0] >= self.logits[..., 1]), p_epoch)
 
-    # ---- regularisers (spec §3.6) ----------------------------------------------------------------------
+    # ---- regularisers ----------------------------------------------------------------------------------
     def sparsity_loss(self, p_epoch: int | None = None, *, form: str = "code") -> torch.Tensor:
         """Sparsity regulariser; pushes blocks towards "skip". Used in policy steps only.
 

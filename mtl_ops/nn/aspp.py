@@ -1,4 +1,4 @@
-"""DeepLab-v2 ASPP head as AdaShare uses it per task (spec §3.3)."""
+"""DeepLab-v2 ASPP head, as AdaShare's reference code uses it per task."""
 from __future__ import annotations
 
 from typing import Sequence

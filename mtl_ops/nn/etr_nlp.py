@@ -1,4 +1,4 @@
-"""ETR-NLP (Explicit Task Routing with Non-Learnable Primitives, CVPR 2023; spec ctal_etrnlp.md §2.2-2.4).
+"""ETR-NLP (Explicit Task Routing with Non-Learnable Primitives, CVPR 2023).
 
 ``ETRNLPConv`` replaces a 3×3 convolution. Its input holds the T routes stacked along the batch
 ((T·B, C_in, H, W), route t = rows [t·B, (t+1)·B)); for each route it outputs C_sh = floor(γ·C_out) shared
@@ -34,7 +34,7 @@ class ETRNLPConv(StacksOfKernels):
         primitives: names or (name, *params) (see ``mtl_ops.nn.etr_nlp_primitives``); default
             DEFAULT_PRIMITIVES (k = 5).
         stride: of the primitives and of the task convs (padding "same").
-        groups: of the learnable 1×1; default gcd(C_in, C_sh) (spec §2.2: the listing's G = C_in is
+        groups: of the learnable 1×1; default gcd(C_in, C_sh) (the paper's listing uses G = C_in,
             impossible when C_sh < C_in). Must divide C_in and C_sh.
         seed: of the frozen primitives (buffers, saved in state_dict, never trained).
         backend: passed to the op (None: the fastest available).

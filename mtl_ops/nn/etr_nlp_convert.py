@@ -1,6 +1,6 @@
 """Turns a ResNet-style backbone into an ETR-NLP one: every 3×3 convolution (stride any, dilation 1,
-groups 1, padding 1) outside the excluded modules becomes an ``ETRNLPConv`` (spec §2.4 "placement"; which
-layers the paper replaces is an open question, so it is configurable). The block brings its own per-task
+groups 1, padding 1) outside the excluded modules becomes an ``ETRNLPConv`` (which layers the paper replaces
+it does not say exactly, so it is configurable). The block brings its own per-task
 BatchNorm, so the BatchNorm that follows the conv in the host block (``convN`` -> ``bnN``) becomes an
 Identity; shortcut 1×1 convs and their BatchNorms stay shared. After conversion the backbone expects the T
 routes stacked along the batch.

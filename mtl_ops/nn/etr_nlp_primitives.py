@@ -1,11 +1,11 @@
-"""ETR-NLP's non-learnable primitives as the fused op encodes them (spec ctal_etrnlp.md §2.3).
+"""ETR-NLP's non-learnable primitives as the fused op encodes them.
 
 A primitive is named by a string, optionally with parameters: ``"dw_conv"``, ``("dw_conv", 2)`` (dilation),
 ``("shift", 1, -1)`` (dh, dw), ... Names: identity, avg_pool, max_pool, shift, noise, dw_conv,
 dilated_dw_conv (dw_conv with dilation 2), dense_conv, dilated_dense_conv.
 
-DEFAULT_PRIMITIVES (k = 5, the count both third-party ports use; the paper's exact list is an open
-question, spec §3): depthwise random 3×3 conv, the same with dilation 2 (LBCNN/"dilated" NLPs of the ports),
+DEFAULT_PRIMITIVES (k = 5, the count both third-party ports use; the paper does not give its exact
+list): depthwise random 3×3 conv, the same with dilation 2 (LBCNN/"dilated" NLPs of the ports),
 a fixed additive noise mask (PNN-style, σ = 0.1, as port B), 3×3 average pool (port A, fixed) and 3×3 max
 pool. The random convs are depthwise by default (the dense one of port A makes the block cost a full conv);
 pass "dense_conv" to get it.

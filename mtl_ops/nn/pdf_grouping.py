@@ -1,4 +1,4 @@
-"""Progressive Decoder Fusion's task-grouping search (spec §2.5).
+"""Progressive Decoder Fusion's task-grouping search.
 
 The rule, as in the PDF code (``GroupTasks``), with ``S`` the (T, T) similarity matrix (CKA):
 
@@ -7,12 +7,12 @@ The rule, as in the PDF code (``GroupTasks``), with ``S`` the (T, T) similarity 
 * for k = 1, 2, …, T−1: take the best partition into at most k groups; return it as soon as its value
   reaches ``threshold`` (``>=``). Because the best partition into ≤ k−1 groups was below the threshold,
   this is: **the fewest groups that can reach the threshold, and among those the highest value**;
-* when no partition into ≤ T−1 groups reaches the threshold, the spec's rule returns the best partition
+* when no partition into ≤ T−1 groups reaches the threshold, the PDF code's rule returns the best partition
   into ≤ T−1 groups (``fallback="best"``, the default; the all-singleton partition is never chosen, a quirk of
   the original). ``fallback="separate"`` returns every task alone instead.
 
 Ties (equal value, to the last bit) go to the partition that :func:`set_partitions` yields first, so the
-result is deterministic. ``within`` restricts the search to refinements of a given partition (§2.6: the
+result is deterministic. ``within`` restricts the search to refinements of a given partition (the
 groups at stage g must be subsets of the groups at stage g−1).
 """
 from typing import Hashable, Iterator, Optional, Sequence, Tuple

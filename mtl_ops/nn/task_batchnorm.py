@@ -10,7 +10,7 @@ from .inputs import describe
 
 
 class TaskBatchNorm2d(nn.Module):
-    """BatchNorm2d for T tasks stacked along the batch axis (spec §3.4 / K7).
+    """BatchNorm2d for T tasks stacked along the batch axis (AdaShare's per-task statistics).
 
     Args:
         num_features: C.

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -10,8 +11,12 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from ..data.augment import valid_zoom_scales
+from .best import check_best_metric
 from .methods import available_methods
 from .tasks import KNOWN_TASKS
+from .lr_schedule import LR_INTERVALS, LR_SCHEDULES
+from .optim import OPTIMIZERS
+from .aggregation import AGGREGATORS
 from .weighting import WEIGHTINGS
 
 DATASETS = ("synthetic", "nyuv2", "cityscapes")
@@ -38,7 +43,26 @@ class TrainConfig:
     batch_size: int = 16                     # per process under torchrun
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    weighting: str = "fixed"                 # fixed | uncertainty
+    optimizer: str = "adamw"                 # adamw | adam | radam | sgd (see optim.py)
+    momentum: float = 0.9                    # sgd
+    nesterov: bool = False                   # sgd: Nesterov momentum
+    betas: Tuple[float, float] = (0.9, 0.999)  # adam / adamw / radam
+    eps: float = 1e-8                        # adam / adamw / radam
+    grad_clip: Optional[float] = None        # clip the gradients' global L2 norm to this; None: no clipping
+    lr_schedule: str = "constant"            # constant | poly | cosine | step | multistep (see lr_schedule.py)
+    lr_interval: str = "epoch"               # the schedule advances per "epoch" or per optimisation "step"
+    lr_power: float = 0.9                    # poly: lr · (1 − t/T)^power
+    lr_min: float = 0.0                      # cosine: the final learning rate
+    lr_step_size: Optional[int] = None       # step: decay every lr_step_size epochs/steps
+    lr_milestones: Tuple[int, ...] = ()      # multistep: decay at these epochs/steps
+    lr_gamma: float = 0.1                    # step / multistep: the decay factor
+    warmup: int = 0                          # linear warm-up length (epochs or steps, as lr_interval)
+    warmup_start_factor: float = 0.001       # the warm-up starts at this fraction of lr
+    best_metric: Optional[str] = None        # keep best.pt by "delta_m" (needs baseline_metrics) or "task.metric"
+    baseline_metrics: Optional[Dict] = None  # {task: {metric: value}}: the baseline of best_metric="delta_m"
+    weighting: str = "fixed"                 # fixed | uncertainty | dwa | a torchjd aggregator (see weighting.py)
+    dwa_temperature: float = 2.0             # dwa: the softmax temperature T
+    aggregator_options: Dict = field(default_factory=dict)  # keyword arguments of the torchjd aggregator
     loss_weights: Dict[str, float] = field(default_factory=dict)
     aux_weight: float = 0.5                  # deep supervision: weight of the auxiliary losses
     augment: bool = True                     # random horizontal flip (normals' x negated)
@@ -59,8 +83,9 @@ class TrainConfig:
     def __post_init__(self):
         self.tasks = tuple(self.tasks)
         self.size = tuple(self.size) if self.size is not None else None
-        if isinstance(self.crop_scales, list):  # from JSON
-            self.crop_scales = tuple(self.crop_scales)
+        for name in ("crop_scales", "betas", "lr_milestones"):
+            if isinstance(getattr(self, name), list):  # from JSON
+                setattr(self, name, tuple(getattr(self, name)))
         self.validate()
 
     def validate(self) -> None:
@@ -95,8 +120,15 @@ class TrainConfig:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (name == "lr" and v == 0):
                 raise ValueError(f"config.{name}: expected a {'positive' if name == 'lr' else 'non-negative'} "
                                  f"number, got {v!r}")
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"config.weighting: expected one of {WEIGHTINGS}, got {self.weighting!r}")
+        if self.weighting not in WEIGHTINGS and self.weighting not in AGGREGATORS:
+            raise ValueError(f"config.weighting: expected a loss weighting ({', '.join(WEIGHTINGS)}) or a torchjd "
+                             f"aggregator ({', '.join(AGGREGATORS)}), got {self.weighting!r}")
+        if not isinstance(self.aggregator_options, dict):
+            raise ValueError(f"config.aggregator_options: expected a dict, got {self.aggregator_options!r}")
+        if self.aggregator_options and self.weighting not in AGGREGATORS:
+            raise ValueError(f"config.aggregator_options: only for a torchjd aggregator as weighting, got "
+                             f"{self.aggregator_options!r} with weighting={self.weighting!r}")
+        self._validate_optimisation()
         if not isinstance(self.loss_weights, dict):
             raise ValueError(f"config.loss_weights: expected a dict task -> weight, got {self.loss_weights!r}")
         if not isinstance(self.schedule_options, dict):
@@ -117,11 +149,58 @@ class TrainConfig:
         if self.device not in DEVICES:
             raise ValueError(f"config.device: expected one of {DEVICES}, got {self.device!r}")
 
+    def _validate_optimisation(self) -> None:
+        def number(name, low, *, strict=False, high=None, strict_high=False):
+            v = getattr(self, name)
+            ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and \
+                (v > low if strict else v >= low) and (high is None or (v < high if strict_high else v <= high))
+            if not ok:
+                bounds = f"{'>' if strict else '>='} {low}" + \
+                    (f" and {'<' if strict_high else '<='} {high}" if high is not None else "")
+                raise ValueError(f"config.{name}: expected a number {bounds}, got {v!r}")
+
+        for name, allowed in (("optimizer", OPTIMIZERS), ("lr_schedule", LR_SCHEDULES), ("lr_interval", LR_INTERVALS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"config.{name}: expected one of {allowed}, got {getattr(self, name)!r}")
+        number("momentum", 0.0)
+        number("eps", 0.0, strict=True)
+        number("lr_power", 0.0, strict=True)
+        number("lr_min", 0.0)
+        number("lr_gamma", 0.0, strict=True)
+        number("warmup_start_factor", 0.0, strict=True, high=1.0)
+        number("dwa_temperature", 0.0, strict=True)
+        if not isinstance(self.nesterov, bool):
+            raise ValueError(f"config.nesterov: expected true or false, got {self.nesterov!r}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ValueError(f"config.nesterov: Nesterov momentum needs optimizer='sgd' with momentum > 0, got "
+                             f"optimizer={self.optimizer!r}, momentum={self.momentum!r}")
+        if not isinstance(self.betas, tuple) or len(self.betas) != 2 or any(
+                isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 <= b < 1 for b in self.betas):
+            raise ValueError(f"config.betas: expected two numbers in [0, 1), got {self.betas!r}")
+        if self.grad_clip is not None:
+            number("grad_clip", 0.0, strict=True)
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"config.warmup: expected a non-negative int, got {self.warmup!r}")
+        if self.lr_schedule == "step" and (isinstance(self.lr_step_size, bool) or
+                                           not isinstance(self.lr_step_size, int) or self.lr_step_size < 1):
+            raise ValueError(f"config.lr_step_size: lr_schedule='step' needs a positive int (epochs or steps "
+                             f"between decays), got {self.lr_step_size!r}")
+        if self.lr_schedule == "multistep" and (not self.lr_milestones or any(
+                isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.lr_milestones)
+                or list(self.lr_milestones) != sorted(set(self.lr_milestones))):
+            raise ValueError(f"config.lr_milestones: lr_schedule='multistep' needs increasing positive ints, got "
+                             f"{self.lr_milestones!r}")
+        if self.best_metric is not None:
+            check_best_metric(self.best_metric, self.tasks, self.baseline_metrics)
+        elif self.baseline_metrics is not None:
+            raise ValueError("config.baseline_metrics: only used with best_metric='delta_m'; set best_metric too")
+
     def to_dict(self) -> Dict:
         d = asdict(self)
         d["tasks"] = list(self.tasks)
         d["size"] = list(self.size) if self.size is not None else None
-        d["crop_scales"] = list(self.crop_scales)
+        for name in ("crop_scales", "betas", "lr_milestones"):
+            d[name] = list(getattr(self, name))
         return d
 
     @classmethod

@@ -67,12 +67,16 @@ def nonfinite_terms(losses: Dict[str, torch.Tensor], extra: Optional[torch.Tenso
 def run_epoch(batches: Iterable[Dict[str, torch.Tensor]], steps: int, *,
               loss_fn: Callable[[Dict], Tuple[torch.Tensor, Dict[str, torch.Tensor]]],
               optimizer: torch.optim.Optimizer, runtime: Runtime, model: torch.nn.Module, epoch: int,
-              first_step: int = 0, skip_nonfinite: bool = False,
+              first_step: int = 0, skip_nonfinite: bool = False, grad_clip: Optional[float] = None,
+              backward: Optional[Callable[[torch.Tensor], None]] = None,
               extra_loss: Optional[Callable[[], torch.Tensor]] = None,
               on_step: Optional[Callable[[float], None]] = None,
               on_skip: Optional[Callable[[int, List[str]], None]] = None) -> EpochResult:
     """Up to ``steps`` optimisation steps on ``batches`` (already on the device): ``loss_fn(batch)`` gives
     (total, {task: loss}); ``extra_loss()`` is added to the total; ``runtime.scaler`` scales the backward.
+    ``backward(total)``, when given, fills the gradients instead of ``scaler.scale(total).backward()`` (a torchjd
+    aggregator's step, see :mod:`mtl_ops.train.aggregation`). ``grad_clip``: the gradients of the optimiser's
+    parameters are clipped to this global L2 norm (after unscaling) before the step.
     ``epoch`` (from 0) and ``first_step`` (steps before this epoch) only name steps in messages."""
     buffers = list(model.buffers()) if skip_nonfinite else []
     sums: Dict[str, float] = {}
@@ -103,7 +107,13 @@ def run_epoch(batches: Iterable[Dict[str, torch.Tensor]], steps: int, *,
                 on_skip(step, terms)
             continue
         optimizer.zero_grad(set_to_none=True)
-        runtime.scaler.scale(total).backward()
+        if backward is None:
+            runtime.scaler.scale(total).backward()
+        else:
+            backward(total)
+        if grad_clip is not None:
+            runtime.scaler.unscale_(optimizer)  # clip the true gradients (a no-op without loss scaling)
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
         runtime.scaler.step(optimizer)
         runtime.scaler.update()
         taken += 1

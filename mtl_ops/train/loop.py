@@ -2,7 +2,10 @@
 :class:`~mtl_ops.train.runtime.Runtime` (device, torchrun's process group, AMP), :mod:`~mtl_ops.train.loading`
 (datasets, seeded loaders), :func:`~mtl_ops.train.epoch.run_epoch` (an epoch's optimisation steps, non-finite
 losses), :func:`~mtl_ops.train.evaluation.validation_metrics`, :class:`~mtl_ops.train.run_dir.RunDirectory`
-(config.json, logs, checkpoints) and :mod:`~mtl_ops.train.resume` (what a resumed run may change). Every seed
+(config.json, logs, checkpoints), :mod:`~mtl_ops.train.resume` (what a resumed run may change),
+:mod:`~mtl_ops.train.optim` and :mod:`~mtl_ops.train.lr_schedule` (the optimiser and its learning-rate schedule),
+:mod:`~mtl_ops.train.best` (``best.pt``), :mod:`~mtl_ops.train.weighting` (loss weightings) and
+:mod:`~mtl_ops.train.aggregation` (torchjd aggregators). Every seed
 comes from :func:`~mtl_ops.train.seeding.derive_seed`: a run resumed from the checkpoint of epoch ``e`` repeats
 epochs ``e+1…`` exactly as the uninterrupted run does.
 
@@ -19,14 +22,18 @@ from typing import Callable, Dict, Optional, Union
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .aggregation import AGGREGATORS, GradientAggregation, is_stateful
+from .best import BEST_FILE, BestTracker
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .curves import CURVES_FILE, write_curves
 from .epoch import NonFiniteLossError, flip_batches, run_epoch, seed_epoch
 from .evaluation import validation_metrics
 from .loading import build_datasets, make_loader
+from .lr_schedule import build_lr_scheduler
 from .methods import MethodSpec, build_model, count_learnable_parameters, get_method
 from .normalize import TargetNormalized, depth_statistics
+from .optim import build_optimizer
 from .progress import Progress
 from .resume import check_resumable, resume_config
 from .run_dir import RunDirectory
@@ -83,6 +90,9 @@ class Trainer:
             if self.schedule is not None:
                 raise ValueError(f"resume: method {self.config.method!r} has a multi-phase schedule; resuming is "
                                  "supported for epoch-based methods only (load the weights with `mtl-ops eval`)")
+        if self.config.best_metric is not None and self.schedule is not None:
+            raise ValueError(f"config.best_metric: best.pt is kept for runs trained in plain epochs; method "
+                             f"{self.config.method!r} trains with its own multi-phase schedule here")
         self.train_set, self.val_set, self.num_classes = train_set, val_set, int(num_classes)
         self.train_view = training_view(train_set, self.config)  # what training steps read (scale crop)
         self.tasks = list(self.config.tasks)
@@ -92,8 +102,18 @@ class Trainer:
         core = build_model(self.config.method, self.channels, self.config.backbone, **options)
         mean, std = depth_statistics(train_set) if "depth" in self.tasks else (0.0, 1.0)
         self.model = TargetNormalized(core, mean, std).to(self.device)
-        self.weighting = make_weighting(self.config.weighting, self.tasks, self.config.loss_weights).to(self.device)
-        self.optimizer = self.make_optimizer()
+        self.weighting = make_weighting(self.config.weighting, self.tasks, self.config.loss_weights,
+                                        dwa_temperature=self.config.dwa_temperature).to(self.device)
+        self.aggregation = None                          # a torchjd aggregator as weighting (see aggregation.py)
+        if self.config.weighting in AGGREGATORS:
+            self.aggregation = GradientAggregation(self.config.weighting, self.config.aggregator_options, self.tasks,
+                                                   self.net, self.runtime, self.config.method)
+            if saved is not None and is_stateful(self.aggregation.aggregator):
+                raise ValueError(f"resume: the aggregator {self.config.weighting!r} keeps a state between steps "
+                                 f"that checkpoints do not hold; a resumed run would not continue this run")
+        self.best = BestTracker(self.config.best_metric, self.tasks, self.config.baseline_metrics) \
+            if self.config.best_metric is not None else None
+        self.optimizer = self.make_optimizer()           # the setter builds the learning-rate schedule with it
         self.epoch = 0                                   # completed epochs
         self.step = 0                                    # training steps taken or skipped
         self.history = []                                # the log rows
@@ -144,9 +164,29 @@ class Trainer:
         self.wrapper.net = net.to(self.device)
 
     def make_optimizer(self, params=None, lr: Optional[float] = None) -> torch.optim.Optimizer:
+        """The run's optimiser (``config.optimizer``, see :mod:`mtl_ops.train.optim`) over ``params`` (default:
+        the trainable parameters of the model and the loss weighting). Assigned to :attr:`optimizer`, it gets a
+        new learning-rate schedule."""
         if params is None:
             params = [p for p in self.model.parameters() if p.requires_grad] + list(self.weighting.parameters())
-        return torch.optim.AdamW(params, lr=lr or self.config.lr, weight_decay=self.config.weight_decay)
+        return build_optimizer(params, self.config, lr)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The optimiser of the training steps; :attr:`lr_scheduler` drives its learning rate (assigning a new
+        optimiser starts the schedule again, see :mod:`mtl_ops.train.lr_schedule`)."""
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        self._optimizer = optimizer
+        self.lr_scheduler = build_lr_scheduler(optimizer, self.config, max(1, self.steps_per_epoch()))
+
+    def steps_per_epoch(self, dataset: Optional[Dataset] = None) -> int:
+        """Optimisation steps of a training epoch over ``dataset`` (default: the training set) in this process."""
+        steps = len(self.loader(dataset or self.train_view))
+        cap = self.config.max_steps_per_epoch
+        return steps if cap is None else min(steps, cap)
 
     def wrap_ddp(self) -> None:
         self.model = self.runtime.wrap(self.model)
@@ -160,19 +200,52 @@ class Trainer:
     def to_device(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         return self.runtime.to_device(batch)
 
-    def compute_loss(self, batch, forward: Optional[Callable] = None):
-        """(total loss, {task: loss}) of one batch, with deep supervision when the method has it."""
+    def _task_losses(self, batch, forward: Optional[Callable] = None):
+        """({task: loss}, [{task: auxiliary loss}, ...]) of one batch: the deep-supervision losses when the
+        method has them."""
         with self.autocast():
             if self.method.deep_supervision and forward is None:
                 preds, aux = self.model(batch["image"], return_aux=True)
             else:
                 preds, aux = (forward or self.model)(batch["image"]), None
         losses = task_losses(preds, batch, self.tasks)
+        aux_losses = [task_losses(a, batch, [t for t in self.tasks if t in a]) for a in aux or ()]
+        return losses, aux_losses
+
+    def compute_loss(self, batch, forward: Optional[Callable] = None):
+        """(total loss, {task: loss}) of one batch, with deep supervision when the method has it."""
+        losses, aux_losses = self._task_losses(batch, forward)
         total = self.weighting(losses)
-        for aux_preds in aux or ():
-            aux_losses = task_losses(aux_preds, batch, [t for t in self.tasks if t in aux_preds])
-            total = total + self.config.aux_weight * sum(aux_losses.values())
+        for aux in aux_losses:
+            total = total + self.config.aux_weight * sum(aux.values())
         return total, losses
+
+    def task_objectives(self, batch, forward: Optional[Callable] = None):
+        """({task: objective}, {task: loss}) of one batch, what an aggregator balances: the objective of task t
+        is ``w_t · L_t`` (the fixed loss weights) plus ``aux_weight`` × its deep-supervision losses."""
+        losses, aux_losses = self._task_losses(batch, forward)
+        objectives = {t: self.weighting({t: loss}) for t, loss in losses.items()}
+        for aux in aux_losses:
+            for t, loss in aux.items():
+                objectives[t] = objectives[t] + self.config.aux_weight * loss
+        return objectives, losses
+
+    def _step_functions(self, forward: Optional[Callable], optimizer: torch.optim.Optimizer):
+        """(loss_fn, backward) for :func:`~mtl_ops.train.epoch.run_epoch`: the weighted total and its plain
+        backward, or with an aggregator the objectives' sum (for logging and the non-finite check) and the
+        aggregated backward of the objectives."""
+        if self.aggregation is None:
+            return (lambda batch: self.compute_loss(batch, forward)), None
+        self.aggregation.attach(self.net)  # again, in case a schedule replaced the network
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        last = {}
+
+        def loss_fn(batch):
+            with self.aggregation.no_sync(self.model):
+                last["objectives"], losses = self.task_objectives(batch, forward)
+            return sum(last["objectives"].values()), losses
+
+        return loss_fn, lambda total: self.aggregation.backward(last.pop("objectives"), params)
 
     def train_epoch(self, epoch: int, *, dataset: Optional[Dataset] = None, indices=None,
                     optimizer: Optional[torch.optim.Optimizer] = None, forward: Optional[Callable] = None,
@@ -187,14 +260,24 @@ class Trainer:
         if steps == 0:
             raise ValueError(f"training set too small: {len(loader.dataset)} samples for batch_size {cfg.batch_size}")
         batches = flip_batches(loader, flips) if cfg.augment else loader
+        optimizer = optimizer or self.optimizer
+        main = optimizer is self.optimizer  # the learning-rate schedule drives the run's optimiser only
+        if extra_loss is not None and self.aggregation is not None:
+            raise ValueError(f"config.weighting: the torchjd aggregator {cfg.weighting!r} balances the task "
+                             f"losses; this phase adds a loss of its own, which it cannot place")
+        loss_fn, backward = self._step_functions(forward, optimizer)
         self.model.train()
         bar = Progress(steps, f"{desc} {epoch}", enabled=False if cfg.quiet or not self.dist.is_main else None)
+
+        def on_step(loss: float) -> None:
+            bar.update(loss=loss)
+            if main and cfg.lr_interval == "step":
+                self.lr_scheduler.step()
         try:
-            result = run_epoch((self.to_device(b) for b in batches), steps,
-                               loss_fn=lambda batch: self.compute_loss(batch, forward),
-                               optimizer=optimizer or self.optimizer, runtime=self.runtime, model=self.model,
+            result = run_epoch((self.to_device(b) for b in batches), steps, loss_fn=loss_fn, backward=backward,
+                               optimizer=optimizer, runtime=self.runtime, model=self.model,
                                epoch=epoch, first_step=self.step, skip_nonfinite=cfg.skip_nonfinite,
-                               extra_loss=extra_loss, on_step=lambda loss: bar.update(loss=loss),
+                               grad_clip=cfg.grad_clip, extra_loss=extra_loss, on_step=on_step,
                                on_skip=lambda step, terms: self._skipped(step, epoch, terms))
         except NonFiniteLossError as e:
             raise NonFiniteLossError(f"[{cfg.method}] {e} {self._checkpoint_note()}", step=e.step, epoch=e.epoch,
@@ -203,6 +286,10 @@ class Trainer:
             bar.close()
         self.step += result.steps
         self._epoch_skipped = len(result.skipped)
+        if main and cfg.lr_interval == "epoch":
+            self.lr_scheduler.step()
+        if hasattr(self.weighting, "end_epoch"):  # DWA: the same mean losses in every process
+            self.weighting.end_epoch(self.runtime.mean_over_processes(result.losses))
         return result.losses
 
     def _skipped(self, step: int, epoch: int, terms) -> None:
@@ -237,7 +324,8 @@ class Trainer:
                   flush=True)
 
     def _epoch_row(self, phase: str, losses: Dict[str, float]) -> Dict:
-        row = {"phase": phase, "epoch": self.epoch, "step": self.step, "train_loss": losses}
+        row = {"phase": phase, "epoch": self.epoch, "step": self.step, "train_loss": losses,
+               "lr": self.optimizer.param_groups[0]["lr"]}  # the learning rate of the next step
         if self.config.skip_nonfinite:
             row["skipped_steps"] = self._epoch_skipped
         return row
@@ -245,7 +333,9 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def state(self, extra: Optional[Dict] = None) -> Dict:
         return {"config": self.config.to_dict(), "model": self.wrapper.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "weighting": self.weighting.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
+                "best": self.best.state_dict() if self.best is not None else None,
+                "weighting": self.weighting.state_dict(),
                 "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step,
                 "channels": self.channels, "num_classes": self.num_classes, "extra": extra or {}}
 
@@ -267,6 +357,10 @@ class Trainer:
     def _restore(self, state: Dict, path: Path) -> None:
         self.wrapper.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if "lr_scheduler" in state:  # checkpoints before learning-rate schedules ran at a constant rate
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if self.best is not None and state.get("best") is not None:
+            self.best.load_state_dict(state["best"])
         self.weighting.load_state_dict(state["weighting"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = state["epoch"], state["step"]
@@ -350,9 +444,15 @@ class Trainer:
             if self.val_set is not None and self.dist.is_main and \
                     (self.epoch % cfg.eval_every == 0 or self.epoch == epochs):
                 row["val"] = self.evaluate()
+            improved = self.best is not None and "val" in row and self.best.update(row["val"], self.epoch)
+            if self.best is not None and "val" in row:
+                row["best_metric"] = {"value": self.best.score(row["val"]), "best": self.best.value,
+                                      "best_epoch": self.best.epoch}
             if self.dist.is_main:
                 self.log(row)
                 self.save("last.pt")
+                if improved:
+                    self.save(BEST_FILE)
             self.runtime.barrier()
 
     def train_phase(self, phase: str, epochs: int, *, evaluate: bool = True, forward: Optional[Callable] = None,

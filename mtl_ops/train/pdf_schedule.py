@@ -1,9 +1,9 @@
-"""Progressive Decoder Fusion's schedule (Gurulingan et al., CoLLAs 2022; spec §2.4–2.6) on a
+"""Progressive Decoder Fusion's schedule (Gurulingan et al., CoLLAs 2022) on a
 :class:`~mtl_ops.models.PDFNet`, driven through the :class:`~mtl_ops.train.Trainer`:
 
 0. Train Sep-De (every task its own decoder; ``config.epochs`` epochs).
 1. For stage g = 0, 1, … (deepest first): measure the similarity between the tasks' stage-g decoder outputs
-   (globally average-pooled, §2.4) on a fixed subset — the first ``cka_images`` training images, eval mode, no
+   (globally average-pooled) on a fixed subset — the first ``cka_images`` training images, eval mode, no
    augmentation — with :func:`task_similarity` (debiased linear CKA); group the tasks with
    :func:`mtl_ops.nn.group_tasks` (``threshold``, refining the groups of stage g−1); when the grouping
    merges nothing, stop (later stages could only refine it); else fuse stage g

@@ -7,8 +7,8 @@
 * The folder is created at the run's first write, with ``config.json`` (the run's configuration; rewritten
   with every checkpoint, so it describes the latest one). A run that fails before it writes anything leaves no
   folder behind, and an overwriting or resumed run that fails that early leaves the folder as it was.
-* ``overwrite``: the first write removes the previous run's ``config.json``, metrics log, ``last.pt`` and
-  ``curves.png``; other files of the previous run stay.
+* ``overwrite``: the first write removes the previous run's ``config.json``, metrics log, ``last.pt``,
+  ``best.pt`` and ``curves.png``; other files of the previous run stay.
 * A resumed run's log keeps the rows up to the resumed epoch (the run writes the later ones again).
 * Only the main process writes (``enabled=False`` in the others, and without an ``out_dir``).
 """
@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
 
 from ..utils.files import atomic_write_text
+from .best import BEST_FILE
 from .checkpoint import save_checkpoint
 from .curves import CURVES_FILE
 from .log import MetricsLog
 
 CONFIG_FILE = "config.json"
 #: what ``overwrite`` removes at the first write: the files every run writes
-REPLACED_FILES = (CONFIG_FILE, "metrics.jsonl", "metrics.csv", "last.pt", CURVES_FILE)
+REPLACED_FILES = (CONFIG_FILE, "metrics.jsonl", "metrics.csv", "last.pt", BEST_FILE, CURVES_FILE)
 
 
 class RunDirectory:

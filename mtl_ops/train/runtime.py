@@ -77,5 +77,14 @@ class Runtime:
         torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
         return bool(value.item() == 1.0)
 
+    def mean_over_processes(self, values: Dict[str, float]) -> Dict[str, float]:
+        """``values`` averaged over the processes under torchrun (the same dict in every process), else as given."""
+        if not self.dist.enabled:
+            return dict(values)
+        keys = sorted(values)
+        tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(tensor)
+        return {k: float(v) / self.dist.world_size for k, v in zip(keys, tensor.tolist())}
+
     def barrier(self) -> None:
         barrier(self.dist)
