@@ -725,3 +725,19 @@ def test_generator_argument_under_compile_is_refused():
     p, g = AdaSharePolicy(2, 8), torch.Generator().manual_seed(0)
     with pytest.raises(Exception, match=r"generator= cannot be used under torch.compile .*pass the gates"):
         torch.compile(lambda gen: p.sample_soft(generator=gen), fullgraph=True)(g)
+
+
+@pytest.mark.slow
+def test_hard_mode_compiles_with_graph_breaks():
+    """The trie plan of a hard policy depends on the policy's values: torch.compile breaks the graph where it is
+    built (fullgraph=True refuses), and the compiled forward equals the eager one. (Shared mode, every block for
+    every task, builds its plan from constants and compiles with fullgraph=True: tests/test_conversions.py.)"""
+    torch._dynamo.reset()
+    model = tiny_model().eval()
+    model.set_hard_policy(POLICY)
+    model.set_mode("hard")
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        want, got = model(x), torch.compile(model)(x)
+    for t in want:
+        torch.testing.assert_close(got[t], want[t], rtol=1e-5, atol=1e-5)

@@ -338,14 +338,14 @@ class AdaShareNet(nn.Module):
         x = images
         self._check_input(x)
         T, L, B = self.num_tasks, self.num_blocks, x.shape[0]
-        if policy is None:
-            mask = torch.ones(T, L, dtype=torch.bool)
+        if policy is None:  # every block for every task: a plan from plain lists (compiles with fullgraph=True)
+            mask = [[True] * L for _ in range(T)]
         else:
             mask = execute_mask(policy)
             if mask.shape != (T, L):
                 raise ValueError(f"AdaShareNet.forward_hard: policy must be for (T, L) = ({T}, {L}), "
                                  f"got {tuple(mask.shape)}")
-        plan = TriePlan.build(mask.cpu(), list(range(T)) if self.task_bn else [0] * T)
+        plan = TriePlan.build(mask if policy is None else mask.cpu(), list(range(T)) if self.task_bn else [0] * T)
 
         xs = x if len(plan.roots) == 1 else x.repeat(len(plan.roots), 1, 1, 1)
         acts = dict(enumerate(self.stem(xs, plan.roots).split(B)))
