@@ -82,7 +82,9 @@ def ms_attention_mix(draw, tiny: bool, dtype):
 def ctal_affinity(draw, tiny: bool, dtype):
     B = draw(_dims(0, 1 if tiny else 2))
     T = draw(_dims(1, 2 if tiny else 4))
-    C = draw(_dims(0, 2 if tiny else 5))
+    # C = 1 has no direction to normalise: the gradient of x / |x| is 0 in exact arithmetic and rounding noise
+    # over |x| in any other (the long run found 1.9e-4 against the fp32 table), so no backend can match it
+    C = draw(st.one_of(st.just(0), _dims(2, 2 if tiny else 5)))
     H, W = draw(_dims(1, 3) if tiny else _dims(0, 7)), draw(_dims(1, 3 if tiny else 7))
     k = draw(st.sampled_from([1, 3] if tiny else [1, 3, 5, 7]))
     per_task = draw(st.booleans())
