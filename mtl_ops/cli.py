@@ -115,7 +115,7 @@ def _given_options(args) -> dict:
         from_file = TrainConfig.from_json(args.config).to_dict()  # validated, normalised
         data.update({k: from_file[k] for k in json.loads(Path(args.config).read_text())})
     for name in ("method", "tasks", "dataset", "data_root", "size", "n_train", "n_val", "backbone", "width", "epochs",
-                 "batch_size", "lr", "weighting", "device", "seed", "num_workers", "num_threads", "out_dir", "cache_dir",
+                 "pretrained", "batch_size", "lr", "weighting", "device", "seed", "num_workers", "num_threads", "out_dir", "cache_dir",
                  "max_steps_per_epoch", "scale_crop", "crop_scales", "weight_decay", "optimizer", "momentum",
                  "nesterov", "betas", "eps", "grad_clip", "lr_schedule", "lr_interval", "lr_power", "lr_min",
                  "lr_step_size", "lr_milestones", "lr_gamma", "warmup", "warmup_start_factor", "best_metric",
@@ -132,6 +132,8 @@ def _given_options(args) -> dict:
                 data[name] = json.loads(value)
             except json.JSONDecodeError as e:
                 raise ValueError(f"--{name.replace('_', '-')}: not valid JSON ({e})") from None
+    if getattr(args, "pretrained_download", False):
+        data["pretrained"] = True
     if getattr(args, "amp", False):
         data["amp"] = True
     if getattr(args, "no_augment", False):
@@ -198,7 +200,9 @@ def _cmd_eval(args) -> int:
     try:
         model, config, _ = load_trained(args.checkpoint)
         overrides = {k: v for k, v in (("data_root", args.data_root), ("cache_dir", args.cache_dir)) if v}
-        config = type(config).from_dict({**config.to_dict(), **overrides, "out_dir": None, "quiet": True})
+        # the weights come from the checkpoint: the pretrained file is not read again
+        config = type(config).from_dict({**config.to_dict(), **overrides, "out_dir": None, "quiet": True,
+                                         "pretrained": None})
         trainer = Trainer(config)
     except (ValueError, FileNotFoundError) as e:
         return _fail("eval", e)
@@ -242,8 +246,11 @@ def _cmd_predict(args) -> int:
 
 def _demo_config(args, defaults):
     """The demo's or the study's TrainConfig: ``defaults`` (the demo's data and budget), then the flags given."""
+    from .models.backbones import is_builtin
     from .train import TrainConfig
 
+    if args.backbone is not None and not is_builtin(args.backbone) and args.width is None:
+        defaults = {k: v for k, v in defaults.items() if k != "width"}  # the built-in ResNets' width only
     return TrainConfig(**{**defaults, **{k: v for k, v in (
         ("n_train", args.n_train), ("n_val", args.n_val), ("epochs", args.epochs), ("width", args.width),
         ("size", tuple(args.size) if args.size else None), ("backbone", args.backbone),
@@ -318,7 +325,8 @@ def _cmd_study(args) -> int:
 def _add_train_arguments(p) -> None:
     """The TrainConfig options of ``train``. Their argparse defaults stay None, so that only the options given
     override the --config file; the help shows TrainConfig's defaults."""
-    from .train.config import DATASETS, DEVICES
+    from .models.backbones import BACKBONE_NAMES
+    from .train.config import DATASETS, DEVICES, TRAIN_WIDTH
     from .train.loading import SYNTHETIC_SIZE
     from .train.methods import available_methods
     from .train.tasks import KNOWN_TASKS
@@ -349,8 +357,19 @@ def _add_train_arguments(p) -> None:
                         f"nyuv2/cityscapes)")
     option("--n-train", "number of synthetic training images", type=int)
     option("--n-val", "number of synthetic validation images", type=int)
-    option("--backbone", "resnet10, resnet18, resnet34, or timm:<model name> (pip install 'mtl_ops[timm]')")
-    option("--width", "base width of the built-in ResNets (timm backbones have their own)", type=int)
+    option("--backbone", f"{BACKBONE_NAMES} (pip install 'mtl_ops[timm]' or 'mtl_ops[torchvision]'); every "
+                         f"method takes each, AdaShare the ResNet-18/34 ones (docs/backbones.md)")
+    p.add_argument("--width", type=int, metavar="N",
+                   help=f"base width of the built-in ResNets (default: {TRAIN_WIDTH}); refused with a timm or "
+                        f"torchvision backbone, which have their own widths")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--pretrained", metavar="PATH",
+                         help="backbone weights from a local file: safetensors, or a torch state dict (read with "
+                              "weights_only=True); the loaded, missing and unused keys are printed (default: random "
+                              "initialisation)")
+    weights.add_argument("--pretrained-download", action="store_true",
+                         help="the backbone's published weights from timm or torchvision, which download them "
+                              "(needs network access; not for the built-in ResNets) (default: off)")
     option("--epochs", "training epochs (the phases of AdaShare, PDF and Medusa's UFL default to it; "
                       "--schedule-options sets them one by one)", type=int)
     option("--batch-size", "images per step (per process under torchrun)", type=int)
@@ -443,8 +462,8 @@ def _add_demo_arguments(p, defaults: dict) -> None:
     option("--n-val", "number of synthetic validation images", type=int)
     option("--epochs", "training epochs of each method (AdaShare's phases are the demo's own)", type=int)
     option("--batch-size", "images per step", type=int)
-    option("--width", "base width of the built-in ResNets", type=int)
-    option("--backbone", "resnet10, resnet18, resnet34, or timm:<model name>")
+    option("--width", "base width of the built-in ResNets (left out with a timm or torchvision backbone)", type=int)
+    option("--backbone", "resnet10, resnet18, resnet34, timm:<model name> or torchvision:<resnet name>")
     option("--size", "image size", type=int, nargs=2, metavar=("H", "W"))
     p.add_argument("--cache-dir", metavar="DIR", help="where the synthetic scenes are cached (default: "
                                                       "$MTL_OPS_CACHE/synthetic, else ~/.cache/mtl_ops/synthetic)")

@@ -617,10 +617,11 @@ def _check_backbone_backends_agree_cuda(backend):
 
 # ================================================================================================ errors
 def test_bad_arguments():
-    with pytest.raises(ValueError, match=r"backbone must be one of \('resnet18', 'resnet34'\)"):
+    with pytest.raises(ValueError, match=r"backbone must be one of \('resnet18', 'resnet34', 'torchvision:resnet18', "
+                                         r".*got 'resnet50'"):
         AdaShareNet({"a": 1}, backbone="resnet50")
-    with pytest.raises(ValueError, match=r"backbone must be one of"):
-        AdaShareNet({"a": 1}, backbone="timm:resnet18")
+    with pytest.raises(ValueError, match=r"backbone must be one of .*got 'timm:resnet50'"):  # bottleneck blocks
+        AdaShareNet({"a": 1}, backbone="timm:resnet50")
     with pytest.raises(ValueError, match="tasks must be a non-empty dict"):
         AdaShareNet({})
     with pytest.raises(ValueError, match="output channels of task 'a'"):

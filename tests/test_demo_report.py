@@ -119,3 +119,11 @@ def test_adashare_section_without_learned_probabilities(tmp_path):
     text = "\n".join(adashare_section(tmp_path, "adashare", entry))
     assert "Learned execute probabilities" not in text and entry["adashare_policy"] in text
     assert "![AdaShare policy](adashare_policy.png)" in text and imread(tmp_path / "adashare_policy.png").ndim == 3
+
+
+def test_reports_name_the_backbone_with_its_width_only_when_it_has_one():
+    from mtl_ops.train.config import TRAIN_WIDTH, backbone_description
+
+    assert backbone_description({"backbone": "resnet18", "width": None}) == f"resnet18 at width {TRAIN_WIDTH}"
+    assert backbone_description({"backbone": "resnet10", "width": 8}) == "resnet10 at width 8"
+    assert backbone_description({"backbone": "timm:resnet18", "width": None}) == "timm:resnet18"

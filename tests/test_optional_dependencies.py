@@ -7,7 +7,8 @@ import textwrap
 
 import pytest
 
-OPTIONAL = ("PIL", "matplotlib", "tqdm", "scipy", "skimage", "timm", "torchjd", "triton", "torchvision")
+OPTIONAL = ("PIL", "matplotlib", "tqdm", "scipy", "skimage", "timm", "torchjd", "triton", "torchvision",
+            "safetensors")
 
 # None in sys.modules is how Python marks a module as absent: `import X` raises ModuleNotFoundError and
 # importlib.util.find_spec("X") returns None, as when X is not installed.
@@ -57,6 +58,11 @@ def test_core_imports_need_only_torch_and_numpy():
     # the trainer imports without torchjd; an aggregator as weighting says which extra brings it
     ("import mtl_ops.train; from mtl_ops.train.aggregation import make_aggregator; make_aggregator('upgrad', {}, 2)",
      "weighting='upgrad' (a torchjd aggregator) needs torchjd: pip install 'mtl_ops[torchjd]'"),
+    ("from mtl_ops.models import SharedNet; SharedNet({'depth': 1}, 'torchvision:resnet18')",
+     "TorchvisionBackbone needs torchvision: pip install 'mtl_ops[torchvision]'"),
+    ("open('w.safetensors', 'wb').close(); from mtl_ops.models import SharedNet; "
+     "SharedNet({'depth': 1}, 'resnet10', pretrained='w.safetensors')",
+     "reading .safetensors weights needs safetensors: pip install 'mtl_ops[train]'"),
 ])
 def test_a_missing_optional_package_names_its_extra(code, match, tmp_path):
     out = subprocess.run([sys.executable, "-c", BLOCKER + code], capture_output=True, text=True, timeout=300,

@@ -47,19 +47,19 @@ def _require_calls():
 def test_every_optional_import_names_an_extra_that_installs_it():
     extras = PYPROJECT["project"]["optional-dependencies"]
     calls = _require_calls()
-    assert {c[1].split(".")[0] for c in calls} >= {"PIL", "tqdm", "timm"}
+    assert {c[1].split(".")[0] for c in calls} >= {"PIL", "tqdm", "timm", "torchvision", "safetensors"}
     for file, module, package, extra in calls:
         assert extra in extras, (file, module, extra)
         assert package.lower() in _requirements(extras[extra]), (file, module, package, extra)
 
 
-def test_the_development_environment_pins_the_train_and_torchjd_extras():
+@pytest.mark.parametrize("extra", ["train", "timm", "torchvision", "torchjd"])
+def test_the_development_environment_pins_the_extras_the_tests_use(extra):
     pins = {}
     for line in (ROOT / "requirements-dev.txt").read_text().splitlines():
         line = line.split("#")[0].strip()
         if line:
             requirement = Requirement(line)
             pins[requirement.name.lower()] = requirement
-    extras = PYPROJECT["project"]["optional-dependencies"]
-    for name in list(_requirements(extras["train"])) + list(_requirements(extras["torchjd"])):
+    for name in _requirements(PYPROJECT["project"]["optional-dependencies"][extra]):
         assert name in pins and [s.operator for s in pins[name].specifier] == ["=="], name

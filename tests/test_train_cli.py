@@ -69,6 +69,10 @@ def test_demo_tiny(tmp_path, capsys):
     (["train", "--config", "/no/such/config.json"], "config: no file"),
     (["eval", "/no/such/ckpt.pt"], "checkpoint: no file at /no/such/ckpt.pt"),
     (["demo", "--methods", "nope"], "unknown method"),
+    (["train", "--backbone", "timm:test_resnet", "--width", "8"],
+     "config.width: the base width of the built-in ResNets (resnet10, resnet18, resnet34) only; backbone "
+     "timm:test_resnet has its own widths, so leave width out (got 8)"),
+    (["train", "--pretrained", "/no/such/weights.pt"] + TINY, "pretrained: no file at /no/such/weights.pt"),
 ])
 def test_cli_errors_are_clear(argv, match, capsys):
     assert main(argv) == 2
@@ -135,3 +139,25 @@ def test_predict_scales_uint16_by_its_range(semseg_checkpoint, tmp_path, capsys)
     np.save(tmp_path / "wide.npy", levels.astype(np.float32))
     assert _predict(semseg_checkpoint, tmp_path / "wide.npy", tmp_path / "p") == 2
     assert "IMAGE: expected float pixels in [0, 1] (or 8-bit levels in [0, 255])" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["medusa", "etr_nlp", "pdf"])
+def test_train_a_timm_backbone_from_a_weights_file(method, tmp_path, capsys):
+    """The methods that failed on timm backbones (width injected, 5 maps for PDF), with local weights; eval
+    rebuilds the network from the checkpoint without reading the weights file again."""
+    timm = pytest.importorskip("timm")
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    weights = tmp_path / "w.safetensors"
+    safetensors_torch.save_file({k: v.contiguous() for k, v in timm.create_model("test_resnet").state_dict().items()},
+                                str(weights))
+    out = tmp_path / "run"
+    tiny = [a for a in TINY if a != "--quiet"]
+    tiny = tiny[:tiny.index("--width")] + tiny[tiny.index("--width") + 2:]
+    assert main(["train", "--method", method, "--backbone", "timm:test_resnet", "--pretrained", str(weights),
+                 "--epochs", "1", "--max-steps-per-epoch", "1", "--out-dir", str(out), "--tasks", "semseg",
+                 "depth"] + tiny) == 0
+    printed = capsys.readouterr().out
+    assert f"pretrained: loaded" in printed and f"from {weights}" in printed
+    assert json.loads((out / "config.json").read_text())["pretrained"] == str(weights)
+    weights.unlink()
+    assert main(["eval", str(out / "last.pt")]) == 0

@@ -18,10 +18,20 @@ Entry points:
   - ``"soft"``: Gumbel-softmax gates sampled from :attr:`~AdaShareNet.policy` at every call (policy
     learning; ``p_epoch`` sets the curriculum);
   - ``"hard"``: the fixed hard policy (buffer ``hard_policy``) through the trie (re-training, inference).
+
+Backbones: AdaShare gates the residual blocks of its own DeepLab ResNet (blocks that take the per-task
+BatchNorm and the fused gated residual, skipped blocks never computed), so it cannot run another library's
+modules as they are. ResNet-18 and ResNet-34 from torchvision or timm (``torchvision:resnet18``,
+``timm:resnet34``, ...) have exactly its parameter shapes at width 64 (its strides and dilations have no
+parameters), so for those names the library builds its model — random, or its published weights with
+``pretrained=True`` — and that model's weights are copied into the gated ResNet. Every other backbone
+(bottleneck ResNets, other families, a module) is refused with a message naming it. A ``pretrained`` file is
+read with torchvision's key names (``conv1``, ``layer1.0.bn1``, ...), which timm's ResNets share.
 """
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 import torch
@@ -36,6 +46,8 @@ from ..nn.aspp import ASPPv2Head
 from ..nn.blocks import BasicBlock
 from ..nn.task_batchnorm import TaskBatchNorm2d
 from ..nn.task_names import check_task_channels
+from .backbones import backbone_label, build_backbone, check_pretrained
+from .pretrained import LoadReport, load_matching
 
 _LAYERS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 _STRIDES = (1, 2, 1, 1)
@@ -43,6 +55,9 @@ _DILATIONS = (1, 1, 2, 4)
 _UPSAMPLE = ("bilinear", "nearest", None)
 _BN_STATS = ("per_task", "shared")
 MODES = ("shared", "soft", "hard")
+#: library ResNets whose weights fit AdaShare's gated ResNet (the part after the colon is its depth)
+LIBRARY_RESNETS = tuple(f"{lib}:{name}" for lib in ("torchvision", "timm") for name in _LAYERS)
+_BN_TENSORS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
 class AdaShareNet(nn.Module):
@@ -52,9 +67,14 @@ class AdaShareNet(nn.Module):
     Args:
         tasks: task name → output channels (e.g. ``{"semseg": 40, "normals": 3}``); the order fixes the task
             index t of the gates.
-        backbone: ``"resnet18"`` (blocks [2, 2, 2, 2], L = 8) or ``"resnet34"`` ([3, 4, 6, 3], L = 16):
-            AdaShare gates the blocks of its own DeepLab ResNet, so other backbones are refused.
-        width: base width; stage planes are width·(1, 2, 4, 8) (64 in the paper; small for tests).
+        backbone: ``"resnet18"`` (blocks [2, 2, 2, 2], L = 8) or ``"resnet34"`` ([3, 4, 6, 3], L = 16), or the
+            same depths from torchvision or timm (``"torchvision:resnet18"``, ``"timm:resnet34"``, ...: their
+            weights copied into the gated ResNet, see the module docstring); other backbones are refused.
+        width: base width; stage planes are width·(1, 2, 4, 8) (None: 64, the paper's; small for tests).
+            Library ResNets have width 64, and a width given with them is refused.
+        backbone_kwargs: options of the library model (``build_backbone``'s, e.g. torchvision's ``weights``).
+        pretrained: a weights file with torchvision's ResNet keys, or True for the library's published
+            weights (a download); re-training (:meth:`reset_parameters`) restores them.
         in_channels: input image channels.
         task_bn: one BatchNorm (affine parameters and running statistics) per task in every backbone BN
             (AdaShare's ``task_bn``); False shares them across tasks (the authors' default).
@@ -81,16 +101,27 @@ class AdaShareNet(nn.Module):
 
     output_stride = 8
 
-    def __init__(self, tasks: Mapping[str, int], backbone: str = "resnet18", *, width: int = 64,
-                 in_channels: int = 3, task_bn: bool = False, bn_stats: str = "per_task",
+    def __init__(self, tasks: Mapping[str, int], backbone: str = "resnet18", *, width: int | None = None,
+                 backbone_kwargs: dict | None = None, pretrained=None, in_channels: int = 3, task_bn: bool = False, bn_stats: str = "per_task",
                  head_hidden: int | None = None, head_rates: Sequence[int] = (6, 12, 18, 24),
                  head_dropout: float = 0.5, upsample: str | None = "bilinear", backend: str | None = None,
                  seed: int | None = None, policy_seed: int = 0, curriculum_speed: int = 3):
         super().__init__()
         tasks = check_task_channels(tasks, "AdaShareNet")
-        if backbone not in _LAYERS:
-            raise ValueError(f"AdaShareNet: backbone must be one of {tuple(_LAYERS)} (AdaShare gates the blocks of "
-                             f"its own DeepLab ResNet), got {backbone!r}")
+        if backbone not in _LAYERS and backbone not in LIBRARY_RESNETS:
+            raise ValueError(f"AdaShareNet: backbone must be one of {tuple(_LAYERS) + LIBRARY_RESNETS}: AdaShare "
+                             f"gates the residual blocks of its own DeepLab ResNet (per-task BatchNorm, dilated last "
+                             f"stages) and takes the weights of the library ResNets of the same shapes; other "
+                             f"backbones are not supported; got {backbone_label(backbone)}")
+        check_pretrained(pretrained, "AdaShareNet")
+        library = backbone in LIBRARY_RESNETS
+        if library and width is not None:  # build_backbone's message
+            build_backbone(backbone, width=width, owner="AdaShareNet")
+        if not library and (backbone_kwargs or pretrained is True):
+            raise ValueError(f"AdaShareNet: backbone_kwargs and pretrained=True are for the library ResNets "
+                             f"({', '.join(LIBRARY_RESNETS)}); the built-in {backbone} takes neither (got "
+                             f"backbone_kwargs={backbone_kwargs!r}, pretrained={pretrained!r})")
+        width = 64 if width is None else width
         for name, v in (("in_channels", in_channels), ("width", width)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"AdaShareNet: {name} must be a positive int, got {v!r}")
@@ -107,6 +138,7 @@ class AdaShareNet(nn.Module):
         self.task_names = list(tasks)
         self.num_tasks = len(self.task_names)
         self.backbone_name, self.in_channels, self.width = backbone, in_channels, width
+        depth = backbone.split(":")[-1]
         self.task_bn, self.bn_stats = bool(task_bn), bn_stats
         self.upsample, self.backend = upsample, backend
         self.seed = seed
@@ -115,7 +147,7 @@ class AdaShareNet(nn.Module):
 
         self.stem = Stem(in_channels, width, bn)
         blocks, inplanes = [], width
-        for stage, n_blocks in enumerate(_LAYERS[backbone]):
+        for stage, n_blocks in enumerate(_LAYERS[depth]):
             planes = width * 2 ** stage
             for i in range(n_blocks):
                 stride = _STRIDES[stage] if i == 0 else 1
@@ -126,11 +158,21 @@ class AdaShareNet(nn.Module):
                                          projection=projection))
                 inplanes = planes
         self.blocks = nn.ModuleList(blocks)
-        self.blocks_per_stage = _LAYERS[backbone]
+        self.blocks_per_stage = _LAYERS[depth]
         hidden = 16 * width if head_hidden is None else head_hidden
         self.heads = nn.ModuleDict({name: ASPPv2Head(inplanes, k, hidden, head_rates, head_dropout)
                                     for name, k in tasks.items()})
+        self._backbone_init = None  # the backbone weights re-training restores (None: a fresh random draw)
+        self.pretrained_report = None
         self.reset_parameters(seed)
+        if library:
+            model = build_backbone(backbone, owner="AdaShareNet", pretrained=True if pretrained is True else None,
+                                   **dict(backbone_kwargs or {})).weights_module
+            self._copy_resnet_weights(model.state_dict(), f"{backbone} ({type(model).__name__})")
+        if isinstance(pretrained, (str, Path)):
+            self.load_resnet_weights(pretrained)
+        elif library:
+            self._record_backbone_init()
 
         self.policy = self.make_policy(seed=policy_seed, curriculum_speed=curriculum_speed)
         execute_all = torch.ones(self.num_tasks, self.num_blocks, dtype=torch.bool)
@@ -173,11 +215,67 @@ class AdaShareNet(nn.Module):
         """The task × block table of ``hard_policy`` (1 = execute, 0 = skip)."""
         return policy_table(self.hard_policy, self.task_names, symbols=("1", "0"))
 
+    # ---- backbone weights in torchvision's names ----------------------------------------------------------
+    def _resnet_tensors(self) -> dict[str, list[torch.Tensor]]:
+        """torchvision ResNet key -> the tensors of this network it initialises (a BatchNorm tensor goes to every
+        task's BatchNorm when ``task_bn``)."""
+        out = {}
+
+        def bn(key, norm):
+            for name in _BN_TENSORS:
+                out[f"{key}.{name}"] = [getattr(b, name) for b in norm.bns]
+        out["conv1.weight"] = [self.stem.conv.weight]
+        bn("bn1", self.stem.bn)
+        blocks = iter(self.blocks)
+        for stage, n_blocks in enumerate(self.blocks_per_stage, start=1):
+            for j in range(n_blocks):
+                block, key = next(blocks), f"layer{stage}.{j}"
+                out[f"{key}.conv1.weight"], out[f"{key}.conv2.weight"] = [block.conv1.weight], [block.conv2.weight]
+                bn(f"{key}.bn1", block.bn1)
+                bn(f"{key}.bn2", block.bn2)
+                if block.shortcut is not None:
+                    out[f"{key}.downsample.0.weight"] = [block.shortcut[0].weight]
+                    bn(f"{key}.downsample.1", block.shortcut[1])
+        return out
+
+    def resnet_state_dict(self) -> dict[str, torch.Tensor]:
+        """The backbone's weights under torchvision's ResNet keys (the first task's BatchNorm when ``task_bn``):
+        what :meth:`load_resnet_weights` reads."""
+        return {k: v[0].detach().clone() for k, v in self._resnet_tensors().items()}
+
+    def _load_resnet(self, matched: Mapping[str, torch.Tensor]) -> None:
+        targets = self._resnet_tensors()
+        with torch.no_grad():
+            for key, value in matched.items():
+                for t in targets[key]:
+                    t.copy_(value)
+
+    def _copy_resnet_weights(self, state: Mapping[str, torch.Tensor], source: str) -> None:
+        own = self.resnet_state_dict()
+        wrong = sorted(set(own) ^ {k for k in state if k in own or not k.startswith("fc.")})
+        bad = [k for k in own if k in state and state[k].shape != own[k].shape]
+        if wrong or bad:
+            raise ValueError(f"AdaShareNet: the weights of {source} do not fit its gated ResNet (keys only on one "
+                             f"side: {wrong[:4]}, other shapes: {bad[:4]})")
+        self._load_resnet({k: state[k] for k in own})
+
+    def load_resnet_weights(self, source) -> LoadReport:
+        """Load a weights file (or state dict) with torchvision's ResNet keys into the backbone, report what
+        loaded, and make re-training restore these weights."""
+        self.pretrained_report = load_matching(self.resnet_state_dict(), self._load_resnet, source,
+                                               f"AdaShareNet's {self.backbone_name}")
+        self._record_backbone_init()
+        return self.pretrained_report
+
+    def _record_backbone_init(self) -> None:
+        self._backbone_init = {name: {k: v.detach().clone() for k, v in m.state_dict().items()}
+                               for name, m in (("stem", self.stem), ("blocks", self.blocks))}
+
     # ---- parameters ------------------------------------------------------------------------------------
     def reset_parameters(self, seed: int | None = None) -> None:
         """Re-initialise every weight (AdaShare re-trains from the post-construction initialisation):
-        conv weights N(0, 0.01), conv biases 0, BN γ = 1, β = 0 and fresh running statistics. The policy is
-        left alone."""
+        conv weights N(0, 0.01), conv biases 0, BN γ = 1, β = 0 and fresh running statistics; a backbone from a
+        library or a pretrained file gets those weights back. The policy is left alone."""
         g = None if seed is None else torch.Generator().manual_seed(int(seed))
         with torch.no_grad():
             for m in self.modules():
@@ -190,6 +288,9 @@ class AdaShareNet(nn.Module):
                         m.bias.zero_()
                 elif isinstance(m, nn.BatchNorm2d):
                     m.reset_parameters()
+            if self._backbone_init is not None:
+                self.stem.load_state_dict(self._backbone_init["stem"])
+                self.blocks.load_state_dict(self._backbone_init["blocks"])
 
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
         """Stem and residual blocks (the authors' ``backbone_lr`` group)."""

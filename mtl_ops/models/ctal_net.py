@@ -31,16 +31,19 @@ class CTALNet(nn.Module):
 
     Args:
         tasks: {task name: output channels}.
-        backbone: a name for ``mtl_ops.models.build_backbone`` (resnet10/18/34, timm:<name>).
-        width: base width of the built-in ResNet backbones (default 64); ignored for timm.
+        backbone: a name for ``mtl_ops.models.build_backbone`` (resnet10/18/34, timm:<name>,
+            torchvision:<resnet name>); ``backbone_kwargs`` go with it.
+        width: base width of the built-in ResNet backbones (default 64); refused for the others.
+        pretrained: backbone weights, a file or True (timm's / torchvision's own).
         image_size: (H0, W0) of the input images; the CTAL grid is (H0/4, W0/4) (default (288, 384), NYUv2).
         itp_channels: width of the initial-task-prediction features (default 256).
         ctal_channels, kernel_size, gamma, per_task_fusion, backend: CTAL's options (defaults 128, 3, 0.05,
             False, None).
     """
 
-    def __init__(self, tasks: Mapping[str, int], backbone: str = "resnet18", *, width: int = 64,
-                 image_size: tuple[int, int] = (288, 384), itp_channels: int = 256, ctal_channels: int = 128,
+    def __init__(self, tasks: Mapping[str, int], backbone: str | nn.Module = "resnet18", *,
+                 width: int | None = None, backbone_kwargs: dict | None = None, pretrained=None, image_size: tuple[int, int] = (288, 384),
+                 itp_channels: int = 256, ctal_channels: int = 128,
                  kernel_size: int = 3, gamma: float = 0.05, per_task_fusion: bool = False,
                  backend: str | None = None):
         super().__init__()
@@ -51,7 +54,8 @@ class CTALNet(nn.Module):
         self.image_size = (int(image_size[0]), int(image_size[1]))
         if self.image_size[0] % 4 or self.image_size[1] % 4:
             raise ValueError(f"CTALNet: image_size must be divisible by 4, got {image_size!r}")
-        self.backbone = build_backbone(backbone, width=width)
+        self.backbone = build_backbone(backbone, width=width, default_width=64, owner="CTALNet",
+                                       pretrained=pretrained, **dict(backbone_kwargs or {}))
         fused = sum(self.backbone.channels)
         self.fuse = nn.Sequential(nn.Conv2d(fused, fused, 1), nn.BatchNorm2d(fused), nn.ReLU(inplace=True))
         if itp_channels % 4:

@@ -1,5 +1,8 @@
-"""A complete ETR-NLP network: a ResNet backbone whose 3×3 convs (stem excluded) are ETR-NLP blocks, the
-T task routes stacked along the batch after the (shared, unconverted) stem, and one head per task.
+"""A complete ETR-NLP network: a backbone whose 3×3 convs (stem excluded) are ETR-NLP blocks, the T task
+routes stacked along the batch, and one head per task. With a backbone that exposes its ``stem`` and
+``stages`` (the built-in ResNets, torchvision's ResNets) the routes are stacked after the shared, unconverted
+stem, which then runs once; with any other (timm models) the images are stacked before the backbone, whose
+unconverted layers then compute the same values for every route.
 
 ``ETRNLPNet(tasks, backbone="resnet18", head="dense" | "classification", **options)``:
   * tasks: {name: out_channels};
@@ -10,14 +13,18 @@ T task routes stacked along the batch after the (shared, unconverted) stem, and 
     (stride 32: a 2×3 grid at 64×84, too coarse for segmentation — see docs/methods/etr_nlp.md);
   * head="classification" (image-level multi-label, e.g. one CelebA attribute per task): global average
     pool + linear; ``forward(images) -> {task: (B, out)}`` logits;
-  * options: width (backbone base width, 32), output_stride (32; dilated stages are not converted),
-    sharing_ratio (0.9), primitives, exclude (("stem",)), head_channels (64; also the FPN decoder's
-    channels), decoder ("fpn"), seed, backend.
+  * options: width (the built-in ResNets' base width, 32), backbone_kwargs (further ``build_backbone``
+    options), pretrained (backbone weights, loaded before the conversion: the converted 3×3 convs' weights give
+    way to ETR-NLP blocks, the rest keeps them), output_stride (32; dilated stages are not converted),
+    sharing_ratio (0.9), primitives, exclude (None: the backbone's stem, its ``stem_names``), head_channels
+    (64; also the FPN decoder's channels), decoder ("fpn"), seed, backend.
+A backbone with no convertible convolution (ETR-NLP converts plain 3×3 convs: stride any, dilation 1, groups 1,
+padding 1) is refused: depthwise-separable and transformer models (ConvNeXt, EfficientNet, ViT) have none.
 No deep supervision. ``learnable_parameters()`` / ``frozen_parameters()`` give the parameter accounting.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,16 +34,17 @@ from ..nn.etr_nlp import frozen_parameters, learnable_parameters
 from ..nn.etr_nlp_convert import convert_to_etr_nlp
 from ..nn.etr_nlp_primitives import DEFAULT_PRIMITIVES
 from ..nn.task_names import check_task_channels
-from .backbones import RESNETS, build_backbone, check_images
+from .backbones import backbone_label, build_backbone, check_images
 from .shared import FPNDecoder
 
 DECODERS = ("fpn", "none")
 
 
 class ETRNLPNet(nn.Module):
-    def __init__(self, tasks: dict[str, int], backbone: str = "resnet18", *, head: str = "dense", width: int = 32,
+    def __init__(self, tasks: dict[str, int], backbone: str | nn.Module = "resnet18", *, head: str = "dense",
+                 width: int | None = None, backbone_kwargs: dict | None = None, pretrained=None,
                  output_stride: int = 32, sharing_ratio: float = 0.9, primitives: Sequence = DEFAULT_PRIMITIVES,
-                 exclude: Sequence[str] = ("stem",), head_channels: int = 64, decoder: str = "fpn",
+                 exclude: Optional[Sequence[str]] = None, head_channels: int = 64, decoder: str = "fpn",
                  seed: int = 0, backend: str | None = None):
         super().__init__()
         tasks = check_task_channels(tasks, "ETRNLPNet")
@@ -46,12 +54,20 @@ class ETRNLPNet(nn.Module):
             raise ValueError(f"ETRNLPNet: decoder must be one of {DECODERS}, got {decoder!r}")
         self.tasks = tasks
         self.head_kind = head
-        if backbone not in RESNETS:
-            raise ValueError(f"ETRNLPNet: backbone must be one of the package's ResNets {RESNETS} (their 3x3 convs "
-                             f"are converted), got {backbone!r}")
-        self.backbone = build_backbone(backbone, width=width, output_stride=output_stride)
+        backbone_kwargs = dict(backbone_kwargs or {})
+        if not isinstance(backbone, nn.Module):  # a module comes as it is, at its own output stride
+            backbone_kwargs.setdefault("output_stride", output_stride)
+        self.backbone = build_backbone(backbone, width=width, default_width=32, owner="ETRNLPNet",
+                                       pretrained=pretrained, **backbone_kwargs)
+        if exclude is None:
+            exclude = tuple(getattr(self.backbone, "stem_names", ()))
         self.converted = convert_to_etr_nlp(self.backbone, len(self.tasks), sharing_ratio=sharing_ratio,
                                             primitives=primitives, exclude=exclude, seed=seed, backend=backend)
+        if not self.converted:
+            raise ValueError(f"ETRNLPNet: backbone {backbone_label(backbone)} has no convertible convolution (3x3, "
+                             f"dilation 1, groups 1, padding 1) outside {tuple(exclude)}, so it would have no task "
+                             f"routes; ETR-NLP needs a backbone of plain 3x3 convs (a ResNet)")
+        self.stem_first = hasattr(self.backbone, "stem") and hasattr(self.backbone, "stages")
         c = self.backbone.channels[-1]
         # one decoder for all routes: its weights are shared, as the shared baseline's are, and each task's
         # head reads the decoder's output on that task's own route
@@ -77,12 +93,15 @@ class ETRNLPNet(nn.Module):
         ones. The T routes run stacked along the batch."""
         check_images(images, "ETRNLPNet", self.backbone)
         T = len(self.tasks)
-        x = self.backbone.stem(images)
-        x = x.repeat(T, 1, 1, 1)  # the T routes, stacked along the batch
-        features = []
-        for stage in self.backbone.stages:
-            x = stage(x)
-            features.append(x)
+        if self.stem_first:
+            x = self.backbone.stem(images).repeat(T, 1, 1, 1)  # the T routes, stacked along the batch
+            features = []
+            for stage in self.backbone.stages:
+                x = stage(x)
+                features.append(x)
+        else:
+            features = list(self.backbone(images.repeat(T, 1, 1, 1)))
+            x = features[-1]
         if self.decoder is not None:
             x = self.decoder(features)
         out = {}

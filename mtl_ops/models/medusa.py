@@ -27,8 +27,10 @@ class Medusa(nn.Module):
 
     Args:
         tasks: {task name: output channels}.
-        backbone: a ``build_backbone`` name (``resnet18`` by default; ``timm:<name>`` works too).
-        width: base width of the built-in ResNet backbones (default 64); ignored for timm.
+        backbone: a ``build_backbone`` name (``resnet18`` by default; ``timm:<name>`` and
+            ``torchvision:<resnet name>`` work too).
+        width: base width of the built-in ResNet backbones (default 64); refused for the others.
+        pretrained: backbone weights, a file or True (timm's / torchvision's own).
         backbone_kwargs: further ``build_backbone`` options (e.g. ``output_stride``, or a timm model's
             arguments).
         num_scales: how many backbone maps (finest first) the heads read; all by default.
@@ -44,15 +46,17 @@ class Medusa(nn.Module):
     ``msa_mode="features"`` the per-scale values are features, not predictions, and the list is empty.
     """
 
-    def __init__(self, tasks: Mapping[str, int], backbone: str = "resnet18", *, width: int = 64,
-                 backbone_kwargs: dict | None = None, num_scales: int | None = None, **head_options):
+    def __init__(self, tasks: Mapping[str, int], backbone: str | nn.Module = "resnet18", *,
+                 width: int | None = None, backbone_kwargs: dict | None = None, pretrained=None,
+                 num_scales: int | None = None, **head_options):
         super().__init__()
         tasks = check_task_channels(tasks, "Medusa")
         backbone_kwargs = dict(backbone_kwargs or {})
         if "width" in backbone_kwargs:
             raise ValueError(f"Medusa: the backbone width is the width argument, not a backbone_kwargs entry; got "
                              f"backbone_kwargs={backbone_kwargs!r}")
-        self.backbone = build_backbone(backbone, width=width, **backbone_kwargs)
+        self.backbone = build_backbone(backbone, width=width, default_width=64, owner="Medusa",
+                                       pretrained=pretrained, **backbone_kwargs)
         self.num_scales = len(self.backbone.channels) if num_scales is None else num_scales
         self.in_channels = list(self.backbone.channels[:self.num_scales])
         self.head_options = dict(head_options)

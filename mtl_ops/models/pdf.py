@@ -92,22 +92,30 @@ class PDFNet(nn.Module):
 
     Args:
         tasks: task name → output channels.
-        backbone: ``resnet10|resnet18|resnet34`` (with ``width``) or ``timm:<name>``.
-        width: backbone base width.
+        backbone: ``resnet10|resnet18|resnet34`` (with ``width``), ``timm:<name>``,
+            ``torchvision:<resnet name>`` (with ``backbone_kwargs``) or a module; the decoder reads 4 maps, the
+            backbone's deepest 4 when it has more (pass timm's ``out_indices`` in ``backbone_kwargs`` to choose
+            others); one with fewer is refused.
+        width: the built-in ResNets' base width (default 16).
+        pretrained: backbone weights, a file or True (timm's / torchvision's own); :meth:`with_groupings`
+            restores them when it re-initialises.
         decoder_channels: channels of every decoder stage output (PDF: 256).
         groupings: the decoder tree, one partition per stage (stage 0 deepest); None = Sep-De.
     """
 
     num_stages = 4
 
-    def __init__(self, tasks: Mapping[str, int], backbone: str = "resnet18", *, width: int = 16,
+    def __init__(self, tasks: Mapping[str, int], backbone: str | nn.Module = "resnet18", *,
+                 width: int | None = None, backbone_kwargs: dict | None = None, pretrained=None,
                  decoder_channels: int = 64, groupings: Optional[Sequence] = None):
         super().__init__()
         self.tasks = check_task_channels(tasks, "PDFNet")
-        self.backbone = build_backbone(backbone, width=width)
+        self.backbone = build_backbone(backbone, width=width, default_width=16, num_maps=self.num_stages,
+                                       owner="PDFNet", pretrained=pretrained, **dict(backbone_kwargs or {}))
+        # PDF retrains every configuration from the same start: with pretrained weights that start is them
+        self._backbone_init = None if pretrained in (None, False) else \
+            {k: v.detach().clone() for k, v in self.backbone.state_dict().items()}
         channels = list(self.backbone.channels)
-        if len(channels) != 4:
-            raise ValueError(f"PDFNet: the backbone must give 4 feature maps, got {len(channels)}")
         self.extra = BasicBlock(channels[-1], channels[-1], stride=2)
         self.decoder_channels = decoder_channels
         stage_factory = _StageFactory(channels[-1], channels[::-1], decoder_channels)  # skips c4, c3, c2, c1
@@ -142,11 +150,13 @@ class PDFNet(nn.Module):
 
     def with_groupings(self, stage: int, groups, *, reset: bool = True) -> "PDFNet":
         """A copy whose decoder fuses ``groups`` at ``stage`` (``DecoderTree.fuse``); ``reset`` re-initialises
-        every weight (PDF retrains each configuration from scratch)."""
+        every weight (PDF retrains each configuration from scratch; pretrained backbone weights are restored)."""
         new = copy.deepcopy(self)
         new.decoder = self.decoder.fuse(stage, groups)
         if reset:
             for m in new.modules():
                 if m is not new and m is not new.decoder and hasattr(m, "reset_parameters"):
                     m.reset_parameters()
+            if self._backbone_init is not None:
+                new.backbone.load_state_dict(self._backbone_init)
         return new

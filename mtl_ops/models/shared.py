@@ -8,6 +8,7 @@ task losses trains each network exactly as if it were trained alone on the same 
 """
 from __future__ import annotations
 
+import copy
 from typing import Mapping
 
 import torch
@@ -36,15 +37,20 @@ class FPNDecoder(nn.Module):
 
 
 class SharedNet(nn.Module):
-    """Hard parameter sharing: ``backbone`` (``mtl_ops.models.build_backbone`` name) → FPN decoder with
-    ``decoder_channels`` → per-task heads. ``width`` is the backbone's base width. Dense predictions come at
-    input resolution; image-level tasks (``attributes``) read the pooled deepest backbone map."""
+    """Hard parameter sharing: ``backbone`` (``mtl_ops.models.build_backbone`` name, with ``backbone_kwargs``)
+    → FPN decoder with ``decoder_channels`` → per-task heads. ``width`` is the built-in ResNets' base width
+    (default 16), ``pretrained`` a weights file (or True: timm's / torchvision's published weights). Dense
+    predictions come at input resolution; image-level tasks (``attributes``) read the pooled deepest backbone
+    map. The FPN reads every map the backbone gives (timm's stride-2 one too; ``out_indices`` in
+    ``backbone_kwargs`` chooses others)."""
 
-    def __init__(self, tasks: Mapping[str, int], backbone: str = "resnet18", *, width: int = 16,
+    def __init__(self, tasks: Mapping[str, int], backbone: str | nn.Module = "resnet18", *,
+                 width: int | None = None, backbone_kwargs: dict | None = None, pretrained=None,
                  decoder_channels: int = 64, head_hidden: int | None = None):
         super().__init__()
         self.tasks = check_task_channels(tasks, "SharedNet")
-        self.backbone = build_backbone(backbone, width=width)
+        self.backbone = build_backbone(backbone, width=width, default_width=16, owner="SharedNet",
+                                       pretrained=pretrained, **dict(backbone_kwargs or {}))
         self.decoder = FPNDecoder(list(self.backbone.channels), decoder_channels)
         self.heads = nn.ModuleDict({
             t: make_head(t, self.backbone.channels[-1] if t in IMAGE_LEVEL_TASKS else decoder_channels, k,
@@ -62,12 +68,14 @@ class SharedNet(nn.Module):
 
 class SingleTaskNets(nn.Module):
     """One independent :class:`SharedNet` per task (the single-task baselines), with the multi-task
-    interface ``forward(images) -> {task: prediction}``."""
+    interface ``forward(images) -> {task: prediction}``. A backbone module is copied for every task (each
+    network has its own), after loading ``pretrained`` into each."""
 
-    def __init__(self, tasks: Mapping[str, int], backbone: str = "resnet18", **options):
+    def __init__(self, tasks: Mapping[str, int], backbone: str | nn.Module = "resnet18", **options):
         super().__init__()
         self.tasks = check_task_channels(tasks, "SingleTaskNets")
-        self.nets = nn.ModuleDict({t: SharedNet({t: k}, backbone, **options) for t, k in self.tasks.items()})
+        self.nets = nn.ModuleDict({t: SharedNet({t: k}, copy.deepcopy(backbone) if isinstance(backbone, nn.Module)
+                                                else backbone, **options) for t, k in self.tasks.items()})
 
     def forward(self, images: torch.Tensor) -> dict:
         """images (B, 3, H, W) -> {task: prediction}: (B, K_t, H, W) for dense tasks, (B, K_t) for image-level

@@ -6,11 +6,12 @@ import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 
 from ..data.augment import valid_zoom_scales
+from ..models.backbones import RESNETS, is_builtin
 from .best import check_best_metric
 from .methods import available_methods
 from .tasks import KNOWN_TASKS
@@ -20,6 +21,7 @@ from .aggregation import AGGREGATORS
 from .weighting import WEIGHTINGS
 
 DATASETS = ("synthetic", "nyuv2", "cityscapes")
+TRAIN_WIDTH = 16  # the trainer's base width of the built-in ResNets (small images, short budgets)
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -35,8 +37,11 @@ class TrainConfig:
     n_val: int = 128                         # synthetic: validation images
     data_seed: int = 0
     cache_dir: Optional[str] = None
-    backbone: str = "resnet18"
-    width: int = 16
+    backbone: str = "resnet18"               # resnet10|18|34 (built in), timm:<model name>, torchvision:<resnet name>
+    width: Optional[int] = None              # the built-in ResNets' base width; None: TRAIN_WIDTH (refused with
+                                             # a timm or torchvision backbone, which have their own widths)
+    pretrained: Union[None, bool, str] = None  # backbone weights: a local file (safetensors or a torch state
+                                             # dict), or true for timm's / torchvision's published ones (a download)
     method_options: Dict = field(default_factory=dict)     # passed to the network builder
     schedule_options: Dict = field(default_factory=dict)   # AdaShare phases / PDF schedule / Medusa UFL (see their modules)
     epochs: int = 4
@@ -102,8 +107,17 @@ class TrainConfig:
             raise ValueError(f"config.size: expected (H, W) ints >= 16, got {self.size!r}")
         for name in ("n_train", "n_val", "epochs", "batch_size", "width", "eval_every"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            if (v is not None or name != "width") and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"config.{name}: expected a positive int, got {v!r}")
+        if not isinstance(self.backbone, str) or not self.backbone:
+            raise ValueError(f"config.backbone: expected a backbone name, got {self.backbone!r}")
+        if self.width is not None and not is_builtin(self.backbone):
+            raise ValueError(f"config.width: the base width of the built-in ResNets ({', '.join(RESNETS)}) only; "
+                             f"backbone {self.backbone} has its own widths, so leave width out (got {self.width})")
+        if not (self.pretrained is None or isinstance(self.pretrained, bool)
+                or isinstance(self.pretrained, str) and self.pretrained):
+            raise ValueError(f"config.pretrained: expected the path of a weights file, true (the library's published "
+                             f"weights) or null, got {self.pretrained!r}")
         for name in ("data_seed", "seed", "num_workers"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -237,3 +251,24 @@ def choose_num_threads(requested: Optional[int]) -> int:
     except OSError:
         busy = False
     return 1 if busy else torch.get_num_threads()
+
+
+def network_options(config, *, pretrained: bool = True) -> dict:
+    """The options the trainer builds ``config``'s network with: ``width`` for the built-in ResNets (the config's,
+    else ``TRAIN_WIDTH``), ``pretrained`` (unless ``pretrained=False``: a network whose weights come from a
+    checkpoint), then the config's ``method_options``."""
+    options = {}
+    if is_builtin(config.backbone):
+        options["width"] = TRAIN_WIDTH if config.width is None else config.width
+    if pretrained and config.pretrained not in (None, False):
+        options["pretrained"] = config.pretrained
+    return {**options, **config.method_options}
+
+
+def backbone_description(config: Dict) -> str:
+    """The backbone of a configuration (as ``TrainConfig.to_dict()`` gives it) as a report names it: a built-in
+    ResNet with its width, any other backbone by its name."""
+    backbone = config["backbone"]
+    if is_builtin(backbone):
+        return f"{backbone} at width {TRAIN_WIDTH if config.get('width') is None else config['width']}"
+    return str(backbone)

@@ -10,7 +10,7 @@ import torch
 from ..utils.colormap import colorize_depth, colorize_edges, colorize_normals, colorize_segmentation
 from ..utils.images import write_image
 from .checkpoint import load_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, network_options
 from .methods import build_model
 from .normalize import TargetNormalized
 
@@ -19,8 +19,8 @@ def load_trained(path, device="cpu"):
     """(model in eval mode — the depth-normalising wrapper around the method network —, config, state)."""
     state = load_checkpoint(path, map_location=device)
     config = TrainConfig.from_dict(state["config"])
-    net = build_model(config.method, state["channels"], config.backbone,
-                      **{"width": config.width, **config.method_options})
+    # the weights come from the checkpoint: the pretrained file is not read again
+    net = build_model(config.method, state["channels"], config.backbone, **network_options(config, pretrained=False))
     model = TargetNormalized(net)
     model.load_state_dict(state["model"])
     if "adashare" in state.get("extra", {}):

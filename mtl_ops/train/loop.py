@@ -16,22 +16,24 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Dict, Optional, Union
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..models.pretrained import MissingWeightsWarning
 from .aggregation import AGGREGATORS, GradientAggregation, is_stateful
 from .best import BEST_FILE, BestTracker
 from .checkpoint import load_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, network_options
 from .curves import CURVES_FILE, write_curves
 from .epoch import NonFiniteLossError, flip_batches, run_epoch, seed_epoch
 from .evaluation import validation_metrics
 from .loading import build_datasets, make_loader
 from .lr_schedule import build_lr_scheduler
-from .methods import MethodSpec, build_model, count_learnable_parameters, get_method
+from .methods import MethodSpec, build_model, count_learnable_parameters, get_method, pretrained_reports
 from .normalize import TargetNormalized, depth_statistics
 from .optim import build_optimizer
 from .progress import Progress
@@ -98,8 +100,14 @@ class Trainer:
         self.tasks = list(self.config.tasks)
         self.channels = task_channels(self.tasks, self.num_classes)
         torch.manual_seed(derive_seed(self.config.seed, "init"))
-        options = {"width": self.config.width, **self.config.method_options}
-        core = build_model(self.config.method, self.channels, self.config.backbone, **options)
+        # a resumed run's weights come from its checkpoint, not from the pretrained file
+        options = network_options(self.config, pretrained=saved is None)
+        with warnings.catch_warnings():  # the trainer prints the whole report below
+            warnings.simplefilter("ignore", MissingWeightsWarning)
+            core = build_model(self.config.method, self.channels, self.config.backbone, **options)
+        if self.runtime.is_main and not self.config.quiet:
+            for report in pretrained_reports(core):
+                print(f"[{self.config.method}] {report.summary()}", flush=True)
         mean, std = depth_statistics(train_set) if "depth" in self.tasks else (0.0, 1.0)
         self.model = TargetNormalized(core, mean, std).to(self.device)
         self.weighting = make_weighting(self.config.weighting, self.tasks, self.config.loss_weights,

@@ -7,7 +7,8 @@ Contract for a method's network (what ``register_method`` expects from ``build_f
 * it is built as ``build_fn(tasks: dict[name -> out_channels], backbone="resnet18", **options)`` — a class
   ``Net(tasks, backbone="resnet18", *, width=..., **options)`` qualifies; ``options`` are the method's
   registered ``defaults`` updated with the config's ``method_options``, plus ``width`` (the built-in ResNets'
-  base width, ignored for ``timm:`` backbones), which every builder must accept;
+  base width; passed with built-in backbones only) and ``pretrained`` (when the config sets it), which every
+  builder must accept (see :func:`mtl_ops.train.config.network_options`);
 * ``forward(images) -> dict[task -> prediction]``: dense predictions (B, C, H, W) at the input resolution,
   image-level tasks (``attributes``) as (B, C) (a dense map is average-pooled by the trainer);
 * deep supervision: if the method has it, ``forward(images, return_aux=True) -> (preds, aux)`` where ``aux``
@@ -95,6 +96,11 @@ def build_model(method: str, tasks: Dict[str, int], backbone: str = "resnet18", 
         return spec.build(tasks, backbone, **options)
     except TypeError as e:
         raise ValueError(f"method {method!r}: bad method_options {sorted(options)}: {e}") from e
+
+
+def pretrained_reports(model: nn.Module) -> list:
+    """The :class:`~mtl_ops.models.LoadReport` of every backbone in ``model`` that loaded a weights file."""
+    return [m.pretrained_report for m in model.modules() if getattr(m, "pretrained_report", None) is not None]
 
 
 def count_learnable_parameters(model: nn.Module) -> int:

@@ -12,6 +12,7 @@ import torch
 
 from ..metrics import DEFAULT_KEY_SPEC, METRIC_DIRECTIONS, default_spec, delta_m_report
 from ..metrics.edges import DEFAULT_MAX_DIST, tolerance_pixels
+from .config import backbone_description
 from .curves import CURVES_FILE
 from .figures import policy_figure, predictions_figure, save_figure
 from .inference import image_to_rgb, prediction_images, target_images
@@ -63,7 +64,7 @@ def budget_section(results: Dict) -> List[str]:
     lines = ["## Budget, and what this report can and cannot show", "",
              f"**Budget.** Every model is trained from scratch (random initialisation, no pretrained backbone) on "
              f"{c['n_train']} synthetic training images of {h}×{w} pixels (validation: {c['n_val']} images), backbone "
-             f"{c['backbone']} at width {c['width']}, batch {c['batch_size']}, {c['epochs']} epoch(s) per training "
+             f"{backbone_description(c)}, batch {c['batch_size']}, {c['epochs']} epoch(s) per training "
              f"run, one seed ({c['seed']}). Schedules with several phases train for longer in all; the epochs each "
              f"model ran, per phase (an AdaShare search epoch reads part of the training set only):", "",
              "| model | epochs run | phases (epochs) |", "|---|---|---|"]

@@ -21,6 +21,7 @@ import torch
 from ..info import source_commit
 from ..metrics import DEFAULT_KEY_SPEC, METRIC_DIRECTIONS
 from ..utils.files import atomic_write_text
+from .config import backbone_description
 from .figures import metric_label, save_figure, spread_figure
 from .report import BASELINES, SHOWN, beats_trivial, delta_m
 
@@ -106,8 +107,8 @@ def markdown(data: Dict) -> str:
              f"{sum(r['train_seconds'] for r in data['runs']) / 60:.1f} min",
              "", "## Budget", "",
              f"Every run trains from scratch on {c['n_train']} synthetic training images of {h}×{w} pixels "
-             f"(validation: {c['n_val']} images, the same scenes in every run), backbone {c['backbone']} at width "
-             f"{c['width']}, batch {c['batch_size']}, {c['epochs']} epoch(s) per training phase; the seed changes the "
+             f"(validation: {c['n_val']} images, the same scenes in every run), backbone {backbone_description(c)}, "
+             f"batch {c['batch_size']}, {c['epochs']} epoch(s) per training phase; the seed changes the "
              f"initial weights, the training order and the flips. Epochs each method ran, per phase:", "",
              "| model | epochs run | phases (epochs) | learnable parameters | training time per run (s) |",
              "|---|---|---|---|---|"]
