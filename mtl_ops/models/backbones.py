@@ -190,7 +190,8 @@ class TorchvisionBackbone(nn.Module):
         return [self.model.layer1, self.model.layer2, self.model.layer3, self.model.layer4]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """images (B, 3, H, W) -> the outputs of layer1 ... layer4 [(B, channels[i], H / strides[i], W / strides[i])]."""
+        """images (B, 3, H, W) -> the outputs of layer1 ... layer4, [(B, channels[i], H / strides[i],
+        W / strides[i])]."""
         check_map(x, "TorchvisionBackbone", "images", self.model.conv1.in_channels)
         x = self.stem(x)
         features = []

@@ -18,7 +18,9 @@ def describe(value) -> str:
 def check_map(x, where: str, name: str, channels: int | None = None, layout: str = "(B, C, H, W)") -> None:
     """``x`` is a floating-point 4-D torch.Tensor laid out as ``layout``, with ``channels`` channels if given."""
     channel_name = layout.strip("()").split(", ")[1]
-    want = f"a floating-point torch.Tensor {layout}" + ("" if channels is None else f" with {channel_name} = {channels}")
+    want = f"a floating-point torch.Tensor {layout}"
+    if channels is not None:
+        want += f" with {channel_name} = {channels}"
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{where}: {name} must be {want}, got {describe(x)}")
     if x.dim() != 4 or channels is not None and x.shape[1] != channels:
