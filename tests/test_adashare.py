@@ -742,3 +742,19 @@ def test_hard_mode_compiles_with_graph_breaks():
         want, got = model(x), torch.compile(model)(x)
     for t in want:
         torch.testing.assert_close(got[t], want[t], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_gated_forward_without_gradient_compiles_fullgraph():
+    """Gates that need no gradient let the eager forward run the forced leading blocks once for all tasks (the
+    prefix depends on the gates' values); compiled, the T copies run, with the same outputs."""
+    torch._dynamo.reset()
+    model = tiny_model().eval()
+    gates = model.policy.sample_soft(p_epoch=9)  # the first 4 of 8 blocks forced to [1, 0]
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert model._shareable_prefix(gates) == 4
+        want = model(x, gates)
+        got = torch.compile(model, fullgraph=True)(x, gates)
+    for t in want:
+        torch.testing.assert_close(got[t], want[t], rtol=1e-5, atol=1e-5)

@@ -366,8 +366,10 @@ class AdaShareNet(nn.Module):
     def _shareable_prefix(self, gates: torch.Tensor) -> int:
         """Leading blocks that every task executes with constant [1, 0] gates (the curriculum's forced
         blocks): their T stacked copies would be identical, so they run once on the B images. Only with
-        shared BN and gates that need no gradient (a gate's gradient would be lost otherwise)."""
-        if self.task_bn or (torch.is_grad_enabled() and gates.requires_grad):
+        shared BN and gates that need no gradient (a gate's gradient would be lost otherwise). Not under
+        torch.compile: the prefix depends on the gates' values, which a compiled graph cannot branch on
+        (the T copies then run, with the same outputs)."""
+        if self.task_bn or (torch.is_grad_enabled() and gates.requires_grad) or torch.compiler.is_compiling():
             return 0
         forced = ((gates[..., 0] == 1) & (gates[..., 1] == 0)).all(dim=0).tolist()
         return forced.index(False) if False in forced else len(forced)
