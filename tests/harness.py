@@ -67,6 +67,11 @@ def layout_permuted(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(0, 1).contiguous().transpose(0, 1) if t.dim() >= 2 else t
 
 
+def layout_offset(t: torch.Tensor) -> torch.Tensor:
+    """Contiguous, but a view that starts past the beginning of its storage (a slice of a larger tensor)."""
+    return torch.cat([t.reshape(-1)[:1], t.reshape(-1)])[1:].view(t.shape) if t.numel() else t
+
+
 LAYOUTS = {"channels_last": layout_channels_last, "strided": layout_strided, "permuted": layout_permuted}
 
 

@@ -155,9 +155,13 @@ class OpSuite:
         return lambda *args, **kwargs: self.fn(*args, backend=backend, **kwargs)
 
     # ---- comparison with the oracle -----------------------------------------------------------------------
+    def tolerance(self, kind: str, dtype) -> tuple[float, float]:
+        """(rtol, atol) for a result of ``kind`` in ``dtype`` (the harness's table)."""
+        return TOLERANCES[kind][dtype]
+
     def assert_close(self, got, want, dtype, kind, what, scaled=False):
         assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-        rtol, atol = TOLERANCES[kind][dtype]
+        rtol, atol = self.tolerance(kind, dtype)
         scale = max(1.0, want.abs().max().item()) if scaled and want.numel() else 1.0
         torch.testing.assert_close(got.detach().double().cpu() / scale, want.detach().double().cpu() / scale,
                                    rtol=rtol, atol=atol, msg=lambda m: f"{self.OP} {what} ({dtype}, {kind}): {m}")

@@ -31,10 +31,11 @@ PRIMITIVE_SETS = {
 
 
 def make_case(prims="default5", T=2, B=2, C=4, H=7, W=9, C_sh=4, C_sp=3, stride=1, groups=2,
-              dtype=torch.float32, device="cpu", seed=0):
-    """(x, kinds, params, frozen, w_shared, b_shared, w_task, b_task) and the keyword arguments."""
+              dtype=torch.float32, device="cpu", seed=0, noise_shape=(3, 5)):
+    """(x, kinds, params, frozen, w_shared, b_shared, w_task, b_task) and the keyword arguments. ``prims`` is a
+    name in PRIMITIVE_SETS or a list of (kind, a, b); a noise mask is (C, *noise_shape)."""
     g = torch.Generator().manual_seed(seed)
-    spec = PRIMITIVE_SETS[prims]
+    spec = PRIMITIVE_SETS[prims] if isinstance(prims, str) else list(prims)
     k = len(spec)
     kinds = [s[0] for s in spec]
     params = [v for s in spec for v in s[1:]]
@@ -45,15 +46,15 @@ def make_case(prims="default5", T=2, B=2, C=4, H=7, W=9, C_sh=4, C_sp=3, stride=
         elif kind == DENSE_CONV:
             f = torch.randn(C, C, 3, 3, generator=g) / (3 * C ** 0.5)
         elif kind == NOISE:
-            f = torch.randn(C, 3, 5, generator=g) * 0.1
+            f = torch.randn(C, *noise_shape, generator=g) * 0.1
         else:
             f = torch.empty(0)
         frozen.append(f.to(device=device, dtype=dtype))
     def rnd(*shape, scale=1.0):
         return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dtype)
     x = rnd(T * B, C, H, W)
-    w_shared = rnd(C_sh, k * C // groups, 1, 1, scale=(k * C / groups) ** -0.5)
+    w_shared = rnd(C_sh, k * C // groups, 1, 1, scale=max(1, k * C // groups) ** -0.5)  # C = 0: refused by the checks
     b_shared = rnd(C_sh)
-    w_task = rnd(T, C_sp, C, 3, 3, scale=(9 * C) ** -0.5)
+    w_task = rnd(T, C_sp, C, 3, 3, scale=max(1, 9 * C) ** -0.5)
     b_task = rnd(T, C_sp)
     return (x, kinds, params, frozen, w_shared, b_shared, w_task, b_task), dict(stride=stride, groups=groups)

@@ -687,3 +687,74 @@ def test_bad_arguments():
         TaskBatchNorm2d(4, 3)(torch.randn(4, 4, 2, 2), [0, 1, 2])
     with pytest.raises(ValueError, match=r"task indices must be in \[0, 3\)"):
         TaskBatchNorm2d(4, 3, task_specific=True)(torch.randn(3, 4, 2, 2), [0, 1, 3])
+
+
+# ---- torch.compile ------------------------------------------------------------------------------------------
+
+def test_sampling_compiles_fullgraph_from_the_global_rng():
+    """Under torch.compile the Gumbel noise comes from torch's global RNG (dynamo cannot trace a
+    torch.Generator): reproducible with torch.manual_seed, and the policy's own stream stays untouched."""
+    torch._dynamo.reset()
+    p, fresh = AdaSharePolicy(2, 8, "random", seed=3), AdaSharePolicy(2, 8, "random", seed=3)
+    sample = torch.compile(lambda: p.sample_soft(2), fullgraph=True)
+    torch.manual_seed(0)
+    first = sample()
+    torch.manual_seed(0)
+    assert torch.equal(sample(), first)
+    torch.manual_seed(1)
+    assert not torch.equal(sample(), first)
+    torch.testing.assert_close(first.sum(-1), torch.ones(2, 8))
+    assert torch.equal(first[:, :7], torch.tensor([1.0, 0.0]).expand(2, 7, 2))  # the curriculum's forced blocks
+    assert torch.equal(p.sample_soft(2), fresh.sample_soft(2))  # eager: still the policy's generator
+
+
+@pytest.mark.slow
+def test_soft_mode_network_compiles_fullgraph():
+    torch._dynamo.reset()
+    model = tiny_model()
+    model.set_mode("soft", p_epoch=100)
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.randn(2, 3, 16, 16)
+    preds = compiled(x)
+    assert {t: p.shape[:2] for t, p in preds.items()} == {t: (2, k) for t, k in TASKS.items()}
+    sum(p.square().mean() for p in preds.values()).backward()
+    assert model.policy.logits.grad is not None and model.policy.logits.grad.abs().sum() > 0
+
+
+def test_generator_argument_under_compile_is_refused():
+    torch._dynamo.reset()
+    p, g = AdaSharePolicy(2, 8), torch.Generator().manual_seed(0)
+    with pytest.raises(Exception, match=r"generator= cannot be used under torch.compile .*pass the gates"):
+        torch.compile(lambda gen: p.sample_soft(generator=gen), fullgraph=True)(g)
+
+
+@pytest.mark.slow
+def test_hard_mode_compiles_with_graph_breaks():
+    """The trie plan of a hard policy depends on the policy's values: torch.compile breaks the graph where it is
+    built (fullgraph=True refuses), and the compiled forward equals the eager one. (Shared mode, every block for
+    every task, builds its plan from constants and compiles with fullgraph=True: tests/test_conversions.py.)"""
+    torch._dynamo.reset()
+    model = tiny_model().eval()
+    model.set_hard_policy(POLICY)
+    model.set_mode("hard")
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        want, got = model(x), torch.compile(model)(x)
+    for t in want:
+        torch.testing.assert_close(got[t], want[t], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_gated_forward_without_gradient_compiles_fullgraph():
+    """Gates that need no gradient let the eager forward run the forced leading blocks once for all tasks (the
+    prefix depends on the gates' values); compiled, the T copies run, with the same outputs."""
+    torch._dynamo.reset()
+    model = tiny_model().eval()
+    gates = model.policy.sample_soft(p_epoch=9)  # the first 4 of 8 blocks forced to [1, 0]
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert model._shareable_prefix(gates) == 4
+        want = model(x, gates)
+        got = torch.compile(model, fullgraph=True)(x, gates)
+    for t in want:
+        torch.testing.assert_close(got[t], want[t], rtol=1e-5, atol=1e-5)

@@ -39,7 +39,8 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match=r"backbone name must be resnet10, resnet18, resnet34, timm:<model name> or "
                                          r"torchvision:<resnet name>, got 'vgg'"):
         build_backbone("vgg")
-    with pytest.raises(ValueError, match=r"expected images \(B, C, H, W\)"):
+    with pytest.raises(ValueError, match=r"ResNetBackbone: images must be a floating-point torch.Tensor \(B, C, H, W\) "
+                                         r"with C = 3, got shape \(3, 32, 32\)"):
         build_backbone("resnet10", width=4)(torch.randn(3, 32, 32))
     with pytest.raises(ValueError, match=r"backbone must be a name .* or an nn.Module, got 3"):
         build_backbone(3)

@@ -46,6 +46,9 @@ class TestCtalAffinity(OpSuite):
         ("v-shape", change(1, lambda a: a[1][:, :2]), ValueError, r"v must have the shape of x \(2, 3, 4, 5, 6\), got \(2, 2"),
         ("x-4d", lambda s: change(1, lambda a: a[1][0])(change(0, lambda a: a[0][0])(s)), ValueError,
          r"x must have shape \(B, T, C, H, W\), got \(3, 4, 5, 6\)"),
+        # found by the property tests: an empty map (N = 0) crashed the C++ kernel and the reference
+        ("empty-map", lambda s: s.map(lambda t: t[..., :0, :] if t.dim() == 5 and t.shape[1] == 3 else t), ValueError,
+         r"x must have H, W >= 1, got shape \(2, 3, 4, 0, 6\)"),
         ("k-even", change(2, lambda a: a[2][:, :, :2, :2]), ValueError, r"kernel size k must be odd, got k = 2"),
         ("weight-N", change(2, lambda a: a[2][:20]), ValueError,
          r"weight must have shape \(N, T, k, k\) with N = H\*W = 30, T = 3, got \(20,"),

@@ -118,7 +118,18 @@ def test_default_groups_is_gcd():
 @pytest.mark.parametrize("prims, groups", [("linear", 2), ("linear", 1), ("dense_conv_dilated", 4), ("shift", 2),
                                            ("noise", 1), ("avg_pool", 2)])
 def test_effective_kernel_matches_general_path(prims, groups, stride):
-    args, kwargs = make_case(prims=prims, C=4, C_sh=4, H=9, W=8, groups=groups, stride=stride, dtype=torch.float64)
+    check_effective_kernel(*make_case(prims=prims, C=4, C_sh=4, H=9, W=8, groups=groups, stride=stride,
+                                      dtype=torch.float64))
+
+
+# found by the property tests: no shared channels made conv2d refuse the effective kernel (0 output channels)
+@pytest.mark.parametrize("B, C_sp", [(1, 2), (1, 0), (0, 0)], ids=["task_channels_only", "no_channels", "empty"])
+def test_effective_kernel_without_shared_channels(B, C_sp):
+    check_effective_kernel(*make_case(prims="linear", B=B, C=2, C_sh=0, C_sp=C_sp, H=3, W=4, groups=1,
+                                      dtype=torch.float64))
+
+
+def check_effective_kernel(args, kwargs):
     diff = (0, 4, 5, 6, 7)
     results = []
     for fn in (lambda *a, **k: routed_primitive_gather(*a, backend="reference", **k), routed_primitive_gather_linear):
@@ -126,7 +137,8 @@ def test_effective_kernel_matches_general_path(prims, groups, stride):
         for i in diff:
             leaves[i] = args[i].detach().requires_grad_()
         y = fn(*leaves, **kwargs)
-        grads = torch.autograd.grad(y, [leaves[i] for i in diff], torch.ones_like(y) + y.detach())
+        grads = torch.autograd.grad(y, [leaves[i] for i in diff], torch.ones_like(y) + y.detach(), allow_unused=True,
+                                    materialize_grads=True)
         results.append((y, grads))
     (y0, g0), (y1, g1) = results
     assert_close(y1, y0, torch.float64, "reduction")

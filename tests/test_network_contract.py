@@ -4,21 +4,10 @@
 one backbone option; and the trainer registers the classes themselves."""
 import pytest
 import torch
+from module_cases import NETWORKS, SIZE, TASKS
 
-from mtl_ops.models import AdaShareNet, CTALNet, ETRNLPNet, Medusa, PDFNet, SharedNet, SingleTaskNets
+from mtl_ops.models import AdaShareNet, CTALNet, Medusa, SharedNet
 from mtl_ops.train import get_method
-
-TASKS = {"semseg": 5, "depth": 1}
-SIZE = (32, 40)
-NETWORKS = {  # class, the smallest options that build it, whether it has deep supervision
-    "single_task": (SingleTaskNets, {}, False),
-    "shared": (SharedNet, {}, False),
-    "adashare": (AdaShareNet, dict(head_hidden=8), False),
-    "pdf": (PDFNet, dict(decoder_channels=16), False),
-    "ctal": (CTALNet, dict(image_size=SIZE, itp_channels=16, ctal_channels=8), True),
-    "medusa": (Medusa, {}, True),
-    "etr_nlp": (ETRNLPNet, {}, False),
-}
 
 
 @pytest.fixture(autouse=True)

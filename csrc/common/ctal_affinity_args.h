@@ -18,6 +18,7 @@ inline void check_ctal_affinity_args(const at::Tensor& x, const at::Tensor& v, c
   TORCH_CHECK_VALUE(v.sizes() == x.sizes(), "ctal_affinity: v must have the shape of x ", py_shape(x.sizes()),
                     ", got ", py_shape(v.sizes()));
   const int64_t T = x.size(1), N = x.size(3) * x.size(4);
+  TORCH_CHECK_VALUE(N > 0, "ctal_affinity: x must have H, W >= 1, got shape ", py_shape(x.sizes()));
   TORCH_CHECK_VALUE(weight.dim() == 4 || weight.dim() == 5,
                     "ctal_affinity: weight must have shape (N, T, k, k) or (T, N, T, k, k) with N = H*W = ", N,
                     ", T = ", T, ", got ", py_shape(weight.sizes()));

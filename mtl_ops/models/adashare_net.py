@@ -366,8 +366,10 @@ class AdaShareNet(nn.Module):
     def _shareable_prefix(self, gates: torch.Tensor) -> int:
         """Leading blocks that every task executes with constant [1, 0] gates (the curriculum's forced
         blocks): their T stacked copies would be identical, so they run once on the B images. Only with
-        shared BN and gates that need no gradient (a gate's gradient would be lost otherwise)."""
-        if self.task_bn or (torch.is_grad_enabled() and gates.requires_grad):
+        shared BN and gates that need no gradient (a gate's gradient would be lost otherwise). Not under
+        torch.compile: the prefix depends on the gates' values, which a compiled graph cannot branch on
+        (the T copies then run, with the same outputs)."""
+        if self.task_bn or (torch.is_grad_enabled() and gates.requires_grad) or torch.compiler.is_compiling():
             return 0
         forced = ((gates[..., 0] == 1) & (gates[..., 1] == 0)).all(dim=0).tolist()
         return forced.index(False) if False in forced else len(forced)
@@ -439,14 +441,14 @@ class AdaShareNet(nn.Module):
         x = images
         self._check_input(x)
         T, L, B = self.num_tasks, self.num_blocks, x.shape[0]
-        if policy is None:
-            mask = torch.ones(T, L, dtype=torch.bool)
+        if policy is None:  # every block for every task: a plan from plain lists (compiles with fullgraph=True)
+            mask = [[True] * L for _ in range(T)]
         else:
             mask = execute_mask(policy)
             if mask.shape != (T, L):
                 raise ValueError(f"AdaShareNet.forward_hard: policy must be for (T, L) = ({T}, {L}), "
                                  f"got {tuple(mask.shape)}")
-        plan = TriePlan.build(mask.cpu(), list(range(T)) if self.task_bn else [0] * T)
+        plan = TriePlan.build(mask if policy is None else mask.cpu(), list(range(T)) if self.task_bn else [0] * T)
 
         xs = x if len(plan.roots) == 1 else x.repeat(len(plan.roots), 1, 1, 1)
         acts = dict(enumerate(self.stem(xs, plan.roots).split(B)))

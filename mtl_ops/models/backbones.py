@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..nn.blocks import BasicBlock
+from ..nn.inputs import check_map
 from ..common.optional import require
 from .pretrained import load_backbone_weights
 
@@ -50,6 +51,7 @@ class ResNetBackbone(nn.Module):
             raise ValueError(f"ResNetBackbone: output_stride must be 8, 16 or 32, got {output_stride!r}")
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
             raise ValueError(f"ResNetBackbone: width must be a positive int, got {width!r}")
+        self.in_channels = in_channels
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
                                   nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
         strides = [1, 2, 2, 2]
@@ -76,8 +78,9 @@ class ResNetBackbone(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if x.dim() != 4:
-            raise ValueError(f"ResNetBackbone: expected images (B, C, H, W), got shape {tuple(x.shape)}")
+        """images (B, in_channels, H, W) -> the four stage outputs [(B, C_i, H / s_i, W / s_i)], ``channels[i]``
+        channels at ``strides[i]`` (4, 8, 16, 32 unless dilated)."""
+        check_map(x, "ResNetBackbone", "images", self.in_channels)
         x = self.stem(x)
         features = []
         for stage in self.stages:
@@ -113,6 +116,7 @@ class TimmBackbone(nn.Module):
         return self.model
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """images (B, C, H, W) -> timm's feature maps [(B, channels[i], H / strides[i], W / strides[i])]."""
         features = list(self.model(x))
         if self.channels_last:
             features = [f.permute(0, 3, 1, 2) for f in features]
@@ -132,6 +136,11 @@ def _timm_stem(model: nn.Module) -> tuple:
             return tuple(names)
         names.append(f"model.{child}")
     return ()  # no top-level module holds the features (a wrapped model): no stem known
+
+
+def check_images(images, where: str, backbone: nn.Module) -> None:
+    """A network's input: floating-point (B, C, H, W) images with the backbone's C (when it says it)."""
+    check_map(images, where, "images", getattr(backbone, "in_channels", None))
 
 
 class TorchvisionBackbone(nn.Module):
@@ -181,8 +190,9 @@ class TorchvisionBackbone(nn.Module):
         return [self.model.layer1, self.model.layer2, self.model.layer3, self.model.layer4]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if x.dim() != 4:
-            raise ValueError(f"TorchvisionBackbone: expected images (B, C, H, W), got shape {tuple(x.shape)}")
+        """images (B, 3, H, W) -> the outputs of layer1 ... layer4, [(B, channels[i], H / strides[i],
+        W / strides[i])]."""
+        check_map(x, "TorchvisionBackbone", "images", self.model.conv1.in_channels)
         x = self.stem(x)
         features = []
         for stage in self.stages:

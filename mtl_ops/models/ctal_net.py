@@ -23,7 +23,7 @@ from torch import nn
 from ..nn.blocks import Bottleneck
 from ..nn.ctal import CTAL
 from ..nn.task_names import check_task_channels
-from .backbones import build_backbone
+from .backbones import build_backbone, check_images
 
 
 class CTALNet(nn.Module):
@@ -80,7 +80,10 @@ class CTALNet(nn.Module):
         return self.fuse(torch.cat(up, dim=1))
 
     def forward(self, images: torch.Tensor, return_aux: bool = False):
-        if images.dim() != 4 or tuple(images.shape[-2:]) != self.image_size:
+        """images (B, 3, H, W) at the built ``image_size`` -> {task: (B, K_t, H, W)}; with ``return_aux``,
+        (predictions, [{task: (B, K_t, H, W)}]): the initial predictions before CTAL, for deep supervision."""
+        check_images(images, "CTALNet", self.backbone)
+        if tuple(images.shape[-2:]) != self.image_size:
             raise ValueError(f"CTALNet: expected images (B, C, {self.image_size[0]}, {self.image_size[1]}) (the CTAL "
                              f"fusion is tied to that size), got shape {tuple(images.shape)}")
         shared = self._fused_features(images)

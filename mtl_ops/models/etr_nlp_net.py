@@ -38,7 +38,7 @@ from ..nn.etr_nlp import frozen_parameters, learnable_parameters
 from ..nn.etr_nlp_convert import convert_to_etr_nlp, route_batchnorms
 from ..nn.etr_nlp_primitives import DEFAULT_PRIMITIVES
 from ..nn.task_names import check_task_channels
-from .backbones import backbone_label, build_backbone
+from .backbones import backbone_label, build_backbone, check_images
 from .shared import FPNDecoder
 
 DECODERS = ("fpn", "none")
@@ -98,8 +98,9 @@ class ETRNLPNet(nn.Module):
         return frozen_parameters(self)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        if images.dim() != 4:
-            raise ValueError(f"ETRNLPNet: expected images (B, C, H, W), got shape {tuple(images.shape)}")
+        """images (B, 3, H, W) -> {task: prediction}: (B, K_t, H, W) for dense tasks, (B, K_t) for image-level
+        ones. The T routes run stacked along the batch."""
+        check_images(images, "ETRNLPNet", self.backbone)
         T = len(self.tasks)
         if self.stem_first:
             x = self.backbone.stem(images).repeat(T, 1, 1, 1)  # the T routes, stacked along the batch

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..nn.medusa import MedusaHead
 from ..nn.task_names import check_task_channels
-from .backbones import build_backbone
+from .backbones import build_backbone, check_images
 
 
 class Medusa(nn.Module):
@@ -109,6 +109,9 @@ class Medusa(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor, return_aux: bool = False):
+        """images (B, 3, H, W) -> {task: (B, K_t, H, W)}; with ``return_aux``, (predictions, [{task: (B, K_t, H,
+        W)} per scale]) (see the class docstring)."""
+        check_images(images, "Medusa", self.backbone)
         features = self.backbone(images)[:self.num_scales]
         names = list(self.heads)
         heads = [self.heads[n] for n in names]

@@ -21,6 +21,7 @@ Structure (where it is simpler than the authors' network, their version in brack
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Mapping, Optional, Sequence
 
 import torch
@@ -30,7 +31,7 @@ from torch import nn
 from ..nn.decoder_tree import DecoderTree
 from ..nn.blocks import BasicBlock
 from ..nn.task_names import check_task_channels
-from .backbones import build_backbone
+from .backbones import build_backbone, check_images
 from .heads import IMAGE_LEVEL_TASKS
 
 
@@ -48,6 +49,7 @@ class DecoderBlock(nn.Module):
             nn.Conv2d(mid, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """x (B, in_channels, h, w), skip (B, skip_channels, H, W) -> (B, out_channels, H, W)."""
         u = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
         r = u if self.project is None else self.project(u)
         return torch.relu(self.body(torch.cat([u, skip], 1)) + r)
@@ -72,6 +74,17 @@ class PDFHead(nn.Module):
         if self.image_level:
             return self.out(z.mean(dim=(2, 3)))
         return F.interpolate(self.out(z), size=tuple(size), mode="bilinear", align_corners=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class _StageFactory:
+    """The decoder tree's stage factory (a module-level class, not a closure: the network then pickles)."""
+    deepest: int                 # channels of the backbone's deepest map (stage 0's input)
+    skips: list[int]             # skip channels per stage (c4, c3, c2, c1)
+    decoder_channels: int
+
+    def __call__(self, k: int) -> nn.Module:
+        return DecoderBlock(self.deepest if k == 0 else self.decoder_channels, self.skips[k], self.decoder_channels)
 
 
 class PDFNet(nn.Module):
@@ -105,11 +118,7 @@ class PDFNet(nn.Module):
         channels = list(self.backbone.channels)
         self.extra = BasicBlock(channels[-1], channels[-1], stride=2)
         self.decoder_channels = decoder_channels
-        skips = channels[::-1]                                      # c4, c3, c2, c1
-
-        def stage_factory(k: int) -> nn.Module:
-            return DecoderBlock(channels[-1] if k == 0 else decoder_channels, skips[k], decoder_channels)
-
+        stage_factory = _StageFactory(channels[-1], channels[::-1], decoder_channels)  # skips c4, c3, c2, c1
         self.decoder = DecoderTree(list(self.tasks), stage_factory, self.num_stages, groupings)
         self.heads = nn.ModuleDict({t: PDFHead(self.num_stages, decoder_channels, k, t in IMAGE_LEVEL_TASKS)
                                     for t, k in self.tasks.items()})
@@ -124,6 +133,9 @@ class PDFNet(nn.Module):
         return self.decoder(e5, features[::-1], return_all_stages=True)
 
     def forward(self, images: torch.Tensor) -> dict:
+        """images (B, 3, H, W) -> {task: prediction}: (B, K_t, H, W) for dense tasks, (B, K_t) for image-level
+        ones."""
+        check_images(images, "PDFNet", self.backbone)
         stages = self._stages(images)
         return {t: self.heads[t](stages[t], images.shape[-2:]) for t in self.tasks}
 

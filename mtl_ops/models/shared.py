@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.task_names import check_task_channels
-from .backbones import build_backbone
+from .backbones import build_backbone, check_images
 from .heads import IMAGE_LEVEL_TASKS, conv_bn_relu, make_head
 
 
@@ -57,6 +57,9 @@ class SharedNet(nn.Module):
                          head_hidden) for t, k in self.tasks.items()})
 
     def forward(self, images: torch.Tensor) -> dict:
+        """images (B, 3, H, W) -> {task: prediction}: (B, K_t, H, W) for dense tasks, (B, K_t) for image-level
+        ones."""
+        check_images(images, "SharedNet", self.backbone)
         features = self.backbone(images)
         dense = self.decoder(features) if any(t not in IMAGE_LEVEL_TASKS for t in self.tasks) else None
         return {t: head(features[-1] if t in IMAGE_LEVEL_TASKS else dense, images.shape[-2:])
@@ -75,4 +78,7 @@ class SingleTaskNets(nn.Module):
                                                 else backbone, **options) for t, k in self.tasks.items()})
 
     def forward(self, images: torch.Tensor) -> dict:
+        """images (B, 3, H, W) -> {task: prediction}: (B, K_t, H, W) for dense tasks, (B, K_t) for image-level
+        ones. Each task's own network runs on the images."""
+        check_images(images, "SingleTaskNets", next(iter(self.nets.values())).backbone)
         return {t: net(images)[t] for t, net in self.nets.items()}

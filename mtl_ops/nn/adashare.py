@@ -49,9 +49,11 @@ class TriePlan:
     leaf_of_task: list[int]
 
     @classmethod
-    def build(cls, execute: torch.Tensor, groups: Sequence[int]) -> "TriePlan":
-        """``execute``: (T, L) bool mask; ``groups``: the BN group of each task (all equal when BN is shared)."""
-        mask = execute.tolist()
+    def build(cls, execute: torch.Tensor | Sequence[Sequence[bool]], groups: Sequence[int]) -> "TriePlan":
+        """``execute``: (T, L) bool mask (a tensor, or nested lists: a plan from lists involves no tensor, so
+        torch.compile traces it as constants); ``groups``: the BN group of each task (all equal when BN is
+        shared)."""
+        mask = execute.tolist() if isinstance(execute, torch.Tensor) else [list(row) for row in execute]
         roots: list[int] = list(dict.fromkeys(groups))
         group = list(roots)
         node_of_task = [roots.index(g) for g in groups]

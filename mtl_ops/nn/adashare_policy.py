@@ -32,10 +32,14 @@ class AdaSharePolicy(nn.Module):
         init_neg_logits: the skip logit of ``init="all_chosen"`` (the reference reads it from its config;
             -10 here is an assumption, pass the value you want).
         seed, generator: the source of every random number the policy draws (Gumbel noise, Bernoulli
-            samples, the ``"random"`` init). Give a ``torch.Generator`` or a seed (default 0); the global
-            RNG is never used. A CPU generator works for logits on any device (noise is drawn on the
+            samples, the ``"random"`` init). Give a ``torch.Generator`` or a seed (default 0); eager code
+            never uses the global RNG. A CPU generator works for logits on any device (noise is drawn on the
             generator's device and moved); a CUDA generator avoids that copy. The generator state is not part
-            of ``state_dict``.
+            of ``state_dict``. Under ``torch.compile`` (which cannot trace a ``torch.Generator``) the samples
+            come from torch's global RNG instead (seed it with ``torch.manual_seed``), so the sampling compiles
+            with ``fullgraph=True``; to keep the policy's own stream, sample outside the compiled function and
+            pass the gates (``model(images, gates=policy.sample_soft(p_epoch))``). A ``generator`` argument to
+            the sampling methods under torch.compile raises ValueError.
 
     The temperature is a buffer (saved in ``state_dict``). The curriculum position ``p_epoch`` (completed
     weight/policy cycles) is owned by the trainer and passed to the methods that need it.
@@ -118,6 +122,13 @@ class AdaSharePolicy(nn.Module):
         return torch.softmax(self.logits.float(), dim=-1)
 
     def _uniform(self, shape, generator: torch.Generator | None) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            # torch.compile cannot trace a torch.Generator object; its own RNG ops draw from the global one
+            if generator is not None:
+                raise ValueError("AdaSharePolicy: generator= cannot be used under torch.compile (it cannot trace a "
+                                 "torch.Generator); compiled code draws from torch's global RNG (torch.manual_seed), "
+                                 "or sample outside and pass the gates: model(images, gates=policy.sample_soft())")
+            return torch.rand(shape, device=self.logits.device, dtype=torch.float32)
         g = self.generator if generator is None else generator
         u = torch.rand(shape, generator=g, device=g.device, dtype=torch.float32)
         return u.to(self.logits.device)

@@ -39,6 +39,7 @@ class ASPPv2Head(nn.Module):
             for r in rates)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, in_channels, H, W) -> (B, out_channels, H, W), the sum of the branches."""
         out = self.branches[0](x)
         for branch in self.branches[1:]:
             out = out + branch(x)

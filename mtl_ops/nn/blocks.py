@@ -60,6 +60,7 @@ class BasicBlock(nn.Module):
         return x if self.shortcut is None else self.shortcut(x, *norm_args)
 
     def forward(self, x: torch.Tensor, *norm_args) -> torch.Tensor:
+        """x (B, in_channels, H, W) -> (B, planes, H', W'), H' = ceil(H / stride); ``norm_args`` go to every norm."""
         # The branch runs before the residual, as in torchvision's block: autograd sums the gradients of a
         # tensor read by several layers (a stage output also read by a decoder) in an order that follows the
         # forward's, so keeping this order keeps trained weights bit-identical.
@@ -87,4 +88,5 @@ class Bottleneck(nn.Module):
             nn.Conv2d(in_channels, out, 1, bias=False), nn.BatchNorm2d(out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, in_channels, H, W) -> (B, 4·planes, H, W)."""
         return torch.relu(self.body(x) + self.shortcut(x))

@@ -16,10 +16,12 @@ import torch
 from torch import nn
 
 from ..ops.ctal_affinity import ctal_affinity
+from .inputs import check_map, check_task_maps
+from .memory_format import StacksOfKernels
 from .task_names import check_task_names
 
 
-class CTAL(nn.Module):
+class CTAL(StacksOfKernels):
     """Cross-task affinity learning over T tasks.
 
     Args:
@@ -71,13 +73,12 @@ class CTAL(nn.Module):
         nn.init.uniform_(self.fusion_bias, -bound, bound)
 
     def forward(self, features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if set(features) != set(self.tasks):
-            raise ValueError(f"CTAL: expected features for tasks {self.tasks}, got {sorted(features)}")
+        """{task: (B, C_in, H, W)} at the built ``feature_size`` (H, W) -> {task: (B, channels, 2H, 2W)}."""
+        check_task_maps(features, "CTAL", self.tasks)
         H, W = self.feature_size
         for t in self.tasks:
             f = features[t]
-            if f.dim() != 4:
-                raise ValueError(f"CTAL: features[{t!r}] must be (B, C_in, H, W), got shape {tuple(f.shape)}")
+            check_map(f, "CTAL", f"features[{t!r}]", self.conv_in[t].in_channels, "(B, C_in, H, W)")
             if tuple(f.shape[-2:]) != (H, W):
                 raise ValueError(
                     f"CTAL: features[{t!r}] has spatial size {tuple(f.shape[-2:])}, but this module was built for "

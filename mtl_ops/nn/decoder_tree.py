@@ -155,7 +155,7 @@ class DecoderTree(nn.Module):
         """Run every node once and route each task along its own path.
 
         Args:
-            x: the decoder input, fed to every stage-0 node (PDF: the encoder's deepest map e6).
+            x: the decoder input (B, C, h, w), fed to every stage-0 node (PDF: the encoder's deepest map e6).
             skips: optional, one entry per stage; stage g nodes are called as ``module(x_prev, skips[g])``
                 (PDF: en[4−g]). Without it, ``module(x_prev)``.
             return_all_stages: return, per task, the list of its node outputs, stage 0 first (what PDF's

@@ -17,6 +17,8 @@ from torch import nn
 from ..ops import routed_primitive_gather, routed_primitive_gather_linear
 from ..common.primitive_kinds import LINEAR_KINDS
 from .etr_nlp_primitives import DEFAULT_PRIMITIVES, make_frozen, parse_primitive
+from .inputs import check_map
+from .memory_format import StacksOfKernels
 from .task_batchnorm import TaskBatchNorm2d
 
 
@@ -24,7 +26,7 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-class ETRNLPConv(nn.Module):
+class ETRNLPConv(StacksOfKernels):
     """Args:
         in_channels, out_channels: C_in, C_out.
         tasks: the number of tasks T, or their names.
@@ -114,6 +116,9 @@ class ETRNLPConv(nn.Module):
                                        groups=self.groups, backend=self.backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (T·B, C_in, H, W), route t in rows [t·B, (t+1)·B) -> (T·B, C_out, H', W'), H' = ceil(H / stride);
+        the routed convolution, then each task's BatchNorm."""
+        check_map(x, "ETRNLPConv", "x", self.in_channels, "(T*B, C_in, H, W)")
         return self.bn(self.routed(x), list(range(self.num_tasks)))
 
 

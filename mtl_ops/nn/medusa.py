@@ -26,6 +26,7 @@ from torch import nn
 
 from ..ops import ms_attention_mix, sfa_apply
 from .blocks import BasicBlock
+from .inputs import check_map, check_scales
 
 SFA_MASKS = ("spatial", "channel")
 MSA_MODES = ("predictions", "features")
@@ -58,6 +59,8 @@ class SharedFeatureAttention(nn.Module):
         return out + features.unsqueeze(0) if self.residual else out
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features (B, C, h, w) -> this task's masked features G (B, C, h, w)."""
+        check_map(features, "SharedFeatureAttention", "features", self.channels)
         return self.apply_masks(features, self.mask_logits(features).unsqueeze(0))[0]
 
 
@@ -86,8 +89,12 @@ class MultiScaleAttentionHead(nn.Module):
                 nn.Conv2d(width, out_channels, 1))
 
     def forward(self, features: Sequence[torch.Tensor], size: Sequence[int] | None = None, return_aux: bool = False):
-        if len(features) != len(self.values):
-            raise ValueError(f"MultiScaleAttentionHead: expected {len(self.values)} feature maps, got {len(features)}")
+        """features: S maps (B, C_s, H_s, W_s); size: (H, W) of the output (default: the first map's).
+        Returns (B, out_channels, H, W); with ``return_aux``, also the S per-scale values P_s (B, K or width,
+        H_s, W_s)."""
+        check_scales(features, "MultiScaleAttentionHead", [conv.in_channels for conv in self.values])
+        if size is not None and not (isinstance(size, (tuple, list, torch.Size)) and len(size) == 2):
+            raise TypeError(f"MultiScaleAttentionHead: size must be None or (H, W), got {size!r}")
         size = tuple(features[0].shape[-2:]) if size is None else tuple(size)
         values = [conv(f) for conv, f in zip(self.values, features)]
         logits = [conv(f) for conv, f in zip(self.logits, features)]
@@ -117,6 +124,7 @@ class MedusaHead(nn.Module):
         return self.msa(refined, tuple(masked[0].shape[-2:]), return_aux=return_aux)
 
     def forward(self, features: Sequence[torch.Tensor], return_aux: bool = False):
-        if len(features) != len(self.sfa):
-            raise ValueError(f"MedusaHead: expected {len(self.sfa)} feature maps, got {len(features)}")
+        """features: the S shared maps (B, C_s, H_s, W_s), finest first. Returns (B, out_channels, H_0, W_0) at
+        the finest map's resolution; with ``return_aux``, also the per-scale values (see MultiScaleAttentionHead)."""
+        check_scales(features, "MedusaHead", self.in_channels)
         return self.forward_masked([sfa(f) for sfa, f in zip(self.sfa, features)], return_aux=return_aux)

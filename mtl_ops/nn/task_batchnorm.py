@@ -6,6 +6,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .inputs import describe
+
 
 class TaskBatchNorm2d(nn.Module):
     """BatchNorm2d for T tasks stacked along the batch axis (AdaShare's per-task statistics).
@@ -46,6 +48,11 @@ class TaskBatchNorm2d(nn.Module):
         return self.bns[task] if self.task_specific else self.bns[0]
 
     def forward(self, x: torch.Tensor, tasks: Sequence[int]) -> torch.Tensor:
+        """x (n·B, C, H, W), n = len(tasks) equal chunks; chunk i is normalised as task ``tasks[i]``. Returns
+        (n·B, C, H, W)."""
+        if isinstance(tasks, (str, torch.Tensor)) or not isinstance(tasks, Sequence):
+            raise TypeError(f"TaskBatchNorm2d: tasks must be a sequence of task indices (one per batch chunk), "
+                            f"got {describe(tasks)}")
         n = len(tasks)
         if n == 0 or x.shape[0] % n:
             raise ValueError(f"TaskBatchNorm2d: the batch ({x.shape[0]} rows) must split into len(tasks) = {n} "

@@ -45,6 +45,8 @@ def check_args(x, v, weight, bias, gamma) -> None:
         raise ValueError(f"ctal_affinity: v must have the shape of x {tuple(x.shape)}, got {tuple(v.shape)}")
     B, T, C, H, W = x.shape
     N = H * W
+    if N == 0:  # M is N x N mixing over the pixels: no pixel, no affinity (the grouped conv has N groups)
+        raise ValueError(f"ctal_affinity: x must have H, W >= 1, got shape {tuple(x.shape)}")
     if weight.dim() == 4:
         per_task, expected = False, "(N, T, k, k)"
         ok = weight.shape[0] == N and weight.shape[1] == T and weight.shape[2] == weight.shape[3]

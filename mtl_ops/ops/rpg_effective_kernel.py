@@ -11,8 +11,8 @@ The task branch is the usual per-task 3×3 conv. Same arguments and result as ro
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from ..common.conv import conv2d
 from ..common.primitive_kinds import (AVG_POOL, DENSE_CONV, DW_CONV, IDENTITY, KIND_NAMES, LINEAR_KINDS, NOISE,
                                       SHIFT, output_size)
 from .routed_primitive_gather import check_args, parse_args
@@ -93,12 +93,16 @@ def routed_primitive_gather_linear(x: torch.Tensor, kinds, params, frozen, w_sha
         raise ValueError(f"routed_primitive_gather_linear: every primitive must be linear; primitive {bad[0]} is "
                          f"{KIND_NAMES[kinds[bad[0]]]} (use routed_primitive_gather)")
     T, C = w_task.shape[0], x.shape[1]
-    k_eff, R = effective_kernel(kinds, params, frozen, w_shared, C, groups)
-    shared = F.conv2d(x, k_eff, b_shared, stride, R)
-    noise = _noise_bias(x, kinds, frozen, w_shared, groups, stride)
-    if noise is not None:
-        shared = shared + noise
+    if w_shared.shape[0] == 0:  # no shared channels (conv2d refuses a weight with 0 output channels); a slice
+        # of x, (T*B, 0, H', W'), keeps the result in x's autograd graph as the other backends' results are
+        shared = x[:, :0, ::stride, ::stride].clone()
+    else:
+        k_eff, R = effective_kernel(kinds, params, frozen, w_shared, C, groups)
+        shared = conv2d(x, k_eff, b_shared, stride, R)
+        noise = _noise_bias(x, kinds, frozen, w_shared, groups, stride)
+        if noise is not None:
+            shared = shared + noise
     if w_task.shape[1] == 0:
         return shared
-    task = torch.cat([F.conv2d(xt, w_task[t], b_task[t], stride, 1) for t, xt in enumerate(x.chunk(T, 0))], 0)
+    task = torch.cat([conv2d(xt, w_task[t], b_task[t], stride, 1) for t, xt in enumerate(x.chunk(T, 0))], 0)
     return torch.cat([shared, task], dim=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..common.conv import conv2d
 from ..common.primitive_kinds import (AVG_POOL, DENSE_CONV, DW_CONV, IDENTITY, MAX_POOL, NOISE, SHIFT,
                                      output_size)
 
@@ -30,9 +31,9 @@ def primitive_response(x: torch.Tensor, kind: int, a: int, b: int, frozen: torch
         mask = frozen[:, rows][:, :, cols].to(x.dtype)
         return (x + mask)[:, :, ::stride, ::stride]
     if kind == DW_CONV:
-        return F.conv2d(x, frozen.to(x.dtype), None, stride, a, a, groups=C)
+        return conv2d(x, frozen.to(x.dtype), None, stride, a, a, groups=C)
     if kind == DENSE_CONV:
-        return F.conv2d(x, frozen.to(x.dtype), None, stride, a, a)
+        return conv2d(x, frozen.to(x.dtype), None, stride, a, a)
     raise ValueError(f"routed_primitive_gather: unknown primitive kind {kind}")
 
 
@@ -55,8 +56,8 @@ def routed_primitive_gather(x: torch.Tensor, kinds, params, frozen, w_shared: to
                       for p in range(k)], dim=1)
     shuffled = channel_shuffle(bank, k)
     empty = shuffled[:, :0]  # a branch with no channels (sharing ratio 1, or no shared channels)
-    shared = F.conv2d(shuffled, w_shared, b_shared, groups=groups) if w_shared.shape[0] else empty
+    shared = conv2d(shuffled, w_shared, b_shared, groups=groups) if w_shared.shape[0] else empty
     routes = x.chunk(T, dim=0)
-    task = torch.cat([F.conv2d(xt, w_task[t], b_task[t], stride, 1) for t, xt in enumerate(routes)], dim=0) \
+    task = torch.cat([conv2d(xt, w_task[t], b_task[t], stride, 1) for t, xt in enumerate(routes)], dim=0) \
         if w_task.shape[1] else empty
     return torch.cat([shared, task], dim=1)
