@@ -96,6 +96,9 @@ class RouteBatchNorm2d(nn.BatchNorm2d):
         return f"{super().extra_repr()}, num_routes={self.num_routes}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (R·B, C, H, W), the ``num_routes`` = R routes stacked along the batch; returns the same shape, each
+        route's chunk of B rows normalised with its own batch statistics in training (the running statistics in
+        eval mode, where the routes need no splitting)."""
         if x.shape[0] % self.num_routes:
             raise ValueError(f"RouteBatchNorm2d: the batch ({x.shape[0]} rows) must split into num_routes = "
                              f"{self.num_routes} equal chunks")
