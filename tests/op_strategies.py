@@ -97,7 +97,9 @@ def ctal_affinity(draw, tiny: bool, dtype):
 def cka(draw, tiny: bool, dtype):
     debiased = draw(st.booleans())
     T, d = draw(_dims(1, 4)), draw(_dims(1, 9))
-    n = draw(st.integers(4 if debiased else 2, 80))
+    # the debiased estimator at n = 4, its least n, divides nearly cancelling moments by n(n - 3) = 4: its
+    # float32 result is 2e-4 off (the long run; 2.5e-6 at n = 5), beyond any float32 kernel's reach
+    n = draw(st.integers(5 if debiased else 2, 80))
     return ((T, n, d), debiased), {}
 
 

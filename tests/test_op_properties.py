@@ -86,10 +86,10 @@ def check_sample(suite, backend: str, sample: Sample, dtype) -> None:
         with pytest.raises(type(refused), match=re.escape(str(refused))):
             suite.fn(*sample.args, backend=backend, **sample.kwargs)
         return
-    if backend == "reference" and dtype in HALF:
-        # The reference is plain PyTorch in the input's dtype: it rounds every intermediate (products,
-        # normalised features, Gram entries) to half precision, where the fused kernels accumulate in fp32 and
-        # the table is made for them. It is held to HALF_ULPS units of the dtype's eps, relative to the largest
+    if backend in PLAIN_PYTORCH and dtype in HALF:
+        # The reference (and the effective-kernel path) is plain PyTorch in the input's dtype: it rounds every
+        # intermediate (products, normalised features, Gram entries, the effective kernel's gradient) to half
+        # precision, where the fused kernels accumulate in fp32 and the table is made for them. It is held to HALF_ULPS units of the dtype's eps, relative to the largest
         # expected magnitude: far tighter than garbage, looser than the kernels (the long run found a bf16
         # gate gradient 6% off in one element, an fp16 affinity gradient 4 eps off).
         suite.SCALED = ("output", "gradients")
@@ -99,6 +99,7 @@ def check_sample(suite, backend: str, sample: Sample, dtype) -> None:
 
 
 HALF = (torch.float16, torch.bfloat16)
+PLAIN_PYTORCH = ("reference", "effective_kernel")
 HALF_ULPS = 8
 
 
@@ -141,10 +142,15 @@ def test_triton_interpreter_matches_reference(op, backend, data):
     ("ctal_affinity", torch.float16, (1, 1, 1, 2, 2, 1, False), {"param_dtype": torch.float32, "gamma": 0.75}, 1),
     # CKA's fp32 output from fp16 features: first held to 8 fp32 eps by mistake, now to the fp32 table
     ("cka", torch.float16, ((4, 4, 4), True), {}, 192),
-], ids=["gated_residual-bf16", "ctal_affinity-fp16", "cka-fp16"])
-def test_reference_in_half_precision_found_by_the_long_run(op, dtype, case, kwargs, seed):
+    # the effective-kernel path's fp16 gradient of w_shared: 1.1 % off in one element (its effective kernel's
+    # gradient is rounded to fp16 before the contraction with the primitives)
+    ("routed_primitive_gather_linear", torch.float16, dict(prims=[(6, 2, 0)], T=3, B=2, C=4, H=9, W=4, C_sh=1,
+                                                           C_sp=2, groups=1, stride=3), {}, 596),
+], ids=["gated_residual-bf16", "ctal_affinity-fp16", "cka-fp16", "effective_kernel-fp16"])
+def test_plain_pytorch_in_half_precision_found_by_the_long_run(op, dtype, case, kwargs, seed):
     suite = SUITES[op]()
-    check_sample(suite, "reference", suite.make(case, dtype, seed=seed, **kwargs), dtype)
+    backend = suite.CPU_BACKENDS[0] if op == "routed_primitive_gather_linear" else "reference"
+    check_sample(suite, backend, suite.make(case, dtype, seed=seed, **kwargs), dtype)
 
 
 # the output of ms_attention_mix is a reduction over the scales (its suite's OUTPUT_KIND): fp32 results 1.5e-5
