@@ -6,17 +6,10 @@ import torch
 from torch import nn
 
 from mtl_ops.models import ResNetBackbone, build_backbone
+from train_helpers import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 pytest.importorskip("timm")
 pytest.importorskip("torchvision")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _check_maps(backbone, size=(64, 96)):

@@ -14,19 +14,12 @@ import pytest
 import torch
 from harness import backend_params
 from module_cases import BACKEND_CASES, MODULES
+from train_helpers import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 FP32 = torch.float32
 CONTIGUOUS = torch.contiguous_format
 # relative to the largest output magnitude: whole networks in half precision accumulate their rounding
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def build(name: str, seed: int = 0, **options) -> torch.nn.Module:

@@ -7,6 +7,7 @@ import torch
 
 from mtl_ops.models import AdaShareNet, CTALNet, ETRNLPNet, Medusa, PDFNet, SharedNet, SingleTaskNets
 from mtl_ops.nn.etr_nlp import ETRNLPConv
+from train_helpers import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 pytest.importorskip("timm")
 pytest.importorskip("torchvision")
@@ -25,14 +26,6 @@ NETWORKS = {
 # AdaShare takes the library ResNet-18/34 (a timm or torchvision ResNet of other depths is refused)
 BACKBONES = {"timm": "timm:test_resnet", "torchvision": "torchvision:resnet18"}
 ADASHARE = {"timm": "timm:resnet18", "torchvision": "torchvision:resnet18"}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("library", list(BACKBONES))

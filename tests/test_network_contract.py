@@ -8,14 +8,7 @@ from module_cases import NETWORKS, SIZE, TASKS
 
 from mtl_ops.models import AdaShareNet, CTALNet, Medusa, SharedNet
 from mtl_ops.train import get_method
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from train_helpers import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 
 @pytest.mark.parametrize("method", list(NETWORKS))

@@ -7,6 +7,7 @@ import torch
 from mtl_ops.models import (AdaShareNet, CTALNet, ETRNLPNet, Medusa, PDFNet, SharedNet, SingleTaskNets,
                             build_backbone, load_backbone_weights)
 from mtl_ops.models.pretrained import MissingWeightsWarning
+from train_helpers import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")
@@ -14,14 +15,6 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 
 TASKS = {"semseg": 5, "depth": 1}
 SIZE = (32, 40)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _timm_weights(seed=1):
