@@ -5,24 +5,14 @@ convertible convs."""
 import pytest
 import torch
 
-from mtl_ops.models import AdaShareNet, CTALNet, ETRNLPNet, Medusa, PDFNet, SharedNet, SingleTaskNets
+from mtl_ops.models import AdaShareNet, ETRNLPNet, PDFNet, SharedNet, SingleTaskNets
 from mtl_ops.nn.etr_nlp import ETRNLPConv
+from module_cases import NETWORKS, SIZE, TASKS
 from train_helpers import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 pytest.importorskip("timm")
 pytest.importorskip("torchvision")
 
-TASKS = {"semseg": 5, "depth": 1}
-SIZE = (32, 40)
-NETWORKS = {
-    "single_task": (SingleTaskNets, {}),
-    "shared": (SharedNet, {}),
-    "pdf": (PDFNet, dict(decoder_channels=16)),
-    "ctal": (CTALNet, dict(image_size=SIZE, itp_channels=16, ctal_channels=8)),
-    "medusa": (Medusa, {}),
-    "etr_nlp": (ETRNLPNet, {}),
-    "adashare": (AdaShareNet, dict(head_hidden=8)),
-}
 # AdaShare takes the library ResNet-18/34 (a timm or torchvision ResNet of other depths is refused)
 BACKBONES = {"timm": "timm:test_resnet", "torchvision": "torchvision:resnet18"}
 ADASHARE = {"timm": "timm:resnet18", "torchvision": "torchvision:resnet18"}
@@ -31,7 +21,7 @@ ADASHARE = {"timm": "timm:resnet18", "torchvision": "torchvision:resnet18"}
 @pytest.mark.parametrize("library", list(BACKBONES))
 @pytest.mark.parametrize("method", list(NETWORKS))
 def test_every_method_on_library_backbones(method, library):
-    cls, options = NETWORKS[method]
+    cls, options, _ = NETWORKS[method]
     torch.manual_seed(0)
     net = cls(TASKS, (ADASHARE if method == "adashare" else BACKBONES)[library], **options)
     preds = net(torch.randn(2, 3, *SIZE))
@@ -45,7 +35,7 @@ def test_every_method_on_library_backbones(method, library):
 @pytest.mark.parametrize("method", ["shared", "pdf", "ctal", "medusa"])
 def test_a_timm_model_of_another_family(method):
     """ConvNeXt: four maps from stride 4, no stem map; the methods that read maps take it as it is."""
-    cls, options = NETWORKS[method]
+    cls, options, _ = NETWORKS[method]
     net = cls(TASKS, "timm:test_convnext", **options).eval()
     with torch.no_grad():
         preds = net(torch.randn(1, 3, *SIZE))
@@ -62,7 +52,7 @@ def test_pdf_takes_the_deepest_four_maps_or_the_chosen_ones():
 
 @pytest.mark.parametrize("method", list(NETWORKS))
 def test_width_with_a_library_backbone_is_refused(method):
-    cls, options = NETWORKS[method]
+    cls, options, _ = NETWORKS[method]
     name = "torchvision:resnet18"
     with pytest.raises(ValueError, match=rf"width sets the base width of the built-in ResNets .* only; {name} has "
                                          rf"its own widths, so leave width out \(got width=8\)"):
