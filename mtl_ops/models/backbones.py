@@ -27,6 +27,16 @@ from .pretrained import load_backbone_weights
 
 _DEPTHS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 
+
+def stage_outputs(stem: nn.Module, stages, x: torch.Tensor) -> list[torch.Tensor]:
+    """The output of every stage of a ResNet-style backbone: ``stem``, then each of ``stages`` in turn."""
+    x = stem(x)
+    features = []
+    for stage in stages:
+        x = stage(x)
+        features.append(x)
+    return features
+
 #: the built-in ResNets
 RESNETS = tuple(f"resnet{depth}" for depth in _DEPTHS)
 #: torchvision's ResNet family (``torchvision:<name>``); ResNeXt and wide ResNets are ResNets with other blocks
@@ -81,12 +91,7 @@ class ResNetBackbone(nn.Module):
         """images (B, in_channels, H, W) -> the four stage outputs [(B, C_i, H / s_i, W / s_i)], ``channels[i]``
         channels at ``strides[i]`` (4, 8, 16, 32 unless dilated)."""
         check_map(x, "ResNetBackbone", "images", self.in_channels)
-        x = self.stem(x)
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
+        return stage_outputs(self.stem, self.stages, x)
 
 
 class TimmBackbone(nn.Module):
@@ -193,12 +198,7 @@ class TorchvisionBackbone(nn.Module):
         """images (B, 3, H, W) -> the outputs of layer1 ... layer4, [(B, channels[i], H / strides[i],
         W / strides[i])]."""
         check_map(x, "TorchvisionBackbone", "images", self.model.conv1.in_channels)
-        x = self.stem(x)
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
+        return stage_outputs(self.stem, self.stages, x)
 
 
 def _out_channels(stage: nn.Sequential) -> int:
