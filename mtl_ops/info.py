@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from pathlib import Path
 
 import torch
 
@@ -34,6 +35,25 @@ def source_commit() -> str | None:
         return None
 
 
+def cpu_model() -> str:
+    """The CPU's model name where Linux gives it (``/proc/cpuinfo``), else the platform's processor or machine."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_description() -> str:
+    """What a measured time on the CPU depends on: the CPU model, its cores, torch's intra-op threads and the
+    load average of other work at the time of the call."""
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "unknown"
+    return (f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} "
+            f"threads; load average (1 / 5 / 15 min): {load}")
+
+
 def collect() -> dict:
     """The report as a dict: versions, devices, build metadata, libraries and per-op backend availability."""
     devices = ["cpu", "cuda"]
@@ -44,7 +64,7 @@ def collect() -> dict:
         "triton": _triton_version(),
         "triton_interpret": triton_interpret_enabled(),
         "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "build": BUILD_INFO,
         "libraries": {k: {"loaded": v.loaded, "detail": v.reason} for k, v in LIBRARIES.items()},

@@ -50,6 +50,15 @@ def test_report_has_its_sections_in_order(demo):
     assert titles == expected
 
 
+def test_report_names_the_machine_threads_and_commit(demo):
+    """The step times mean little without where they ran: the report's first lines say it."""
+    _, report, results = demo
+    head = report.split("## ", 1)[0]
+    assert results["machine"] in head and "cores" in results["machine"] and "1 threads" in results["machine"]
+    assert "load average" in head
+    assert f"commit {results['commit'] or 'unknown'}" in head
+
+
 def test_budget_statement(demo):
     _, report, results = demo
     budget = section(report, "Budget")

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 from .. import __version__
-from ..info import source_commit
+from ..info import cpu_model, source_commit
 from .cases import CASES, BenchCase, providers_for
 from .memory import peak_memory_bytes, timing_malloc_mode
 
@@ -136,9 +136,7 @@ def device_copy_bandwidth(device: torch.device, nbytes: int = 2 * 2**30) -> floa
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    import platform
-
-    return f"cpu ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    return f"cpu ({cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
 def run_case(case: BenchCase, device: torch.device, dtype: torch.dtype, size: str = "full",

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
+from ..info import machine_description, source_commit
 from .config import TrainConfig
 from .loop import Trainer
 from .methods import available_methods
@@ -86,13 +87,15 @@ def run_demo(out_dir, *, methods: Optional[Sequence[str]] = None, base: Optional
     out_dir.mkdir(parents=True, exist_ok=True)
     base = base or TrainConfig()
     started = time.perf_counter()
-    results: Dict = {"config": base.to_dict(), "timing_steps": timing_steps, "methods": {}}
+    results: Dict = {"config": base.to_dict(), "timing_steps": timing_steps, "commit": source_commit(), "methods": {}}
     trainers: Dict[str, Trainer] = {}
     for method in demo_methods(methods):
         t0 = time.perf_counter()
         # the demo's folder is its own: a new demo replaces the last
         trainer = Trainer(method_config(base, method, out_dir, DEMO_SCHEDULES, quiet), overwrite=True)
         if not trainers:
+            # before any training: the load other work leaves the demo, and the threads the trainer chose
+            results["machine"] = machine_description()
             trivial = TrivialPredictor(trainer.channels).fit(trainer.train_set)
             results["methods"]["trivial"] = {"metrics": trainer.evaluate(forward=trivial), "parameters": 0}
         metrics = trainer.fit()

@@ -201,8 +201,8 @@ def write_report(out_dir, results: Dict, trainers: Dict, val_set, num_classes: i
     out_dir = Path(out_dir)
     methods = results["methods"]
     tasks = list(results["config"]["tasks"])
-    lines = ["# mtl-ops demo report", "", f"Wall time of the training and timing: {results['wall_seconds']:.0f} s.",
-             ""]
+    lines = ["# mtl-ops demo report", "", f"Wall time of the training and timing: {results['wall_seconds']:.0f} s, "
+             f"on {results['machine']} (at the start); commit {results['commit'] or 'unknown'}.", ""]
     lines += budget_section(results)
     lines += metrics_section(results, tasks)
     lines += delta_section(results, tasks)

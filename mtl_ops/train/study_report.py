@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import platform
 import statistics
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import torch
-
-from ..info import source_commit
+from ..info import machine_description, source_commit
 from ..metrics import DEFAULT_KEY_SPEC, METRIC_DIRECTIONS
 from ..utils.files import atomic_write_text
 from .config import backbone_description
@@ -65,19 +61,6 @@ def _pm(s: Dict, digits: int, sign: bool = False) -> str:
     mean = s["mean"] if abs(s["mean"]) >= 0.5 * 10 ** -digits else 0.0
     text = format(mean, f"{'+' if sign and mean else ''}.{digits}f")
     return text + (f" ± {s['std']:.{digits}f}" if s["std"] is not None else "")
-
-
-def machine() -> str:
-    """The CPU (model name where Linux gives it), its cores and torch's threads, and the load average."""
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        model = names[0] if names else model
-    load = " / ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "unknown"
-    return (f"{model}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads; "
-            f"load average when the report was written (1 / 5 / 15 min): {load}")
 
 
 def spread_panels(summary: Dict, tasks: Sequence[str], trivial: Optional[Dict] = None) -> List:
@@ -149,7 +132,7 @@ def write_study_report(out_dir, config: Dict, methods: Sequence[str], seeds: Seq
     tasks = list(config["tasks"])
     summary = summarize(methods, results, tasks)
     data = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "commit": source_commit(), "machine": machine(), "command": command, "config": config,
+            "commit": source_commit(), "machine": machine_description(), "command": command, "config": config,
             "methods": list(methods), "seeds": list(seeds), "trivial": trivial, "runs": list(results),
             "summary": summary}
     save_figure(spread_figure(spread_panels(summary, tasks, trivial), title=f"{len(seeds)} seed(s), {config['epochs']} epoch(s) per phase"),
