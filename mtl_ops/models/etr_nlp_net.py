@@ -38,7 +38,7 @@ from ..nn.etr_nlp import frozen_parameters, learnable_parameters
 from ..nn.etr_nlp_convert import convert_to_etr_nlp, route_batchnorms
 from ..nn.etr_nlp_primitives import DEFAULT_PRIMITIVES
 from ..nn.task_names import check_task_channels
-from .backbones import backbone_label, build_backbone, check_images
+from .backbones import backbone_label, build_backbone, check_images, stage_outputs
 from .shared import FPNDecoder
 
 DECODERS = ("fpn", "none")
@@ -103,14 +103,12 @@ class ETRNLPNet(nn.Module):
         check_images(images, "ETRNLPNet", self.backbone)
         T = len(self.tasks)
         if self.stem_first:
-            x = self.backbone.stem(images).repeat(T, 1, 1, 1)  # the T routes, stacked along the batch
-            features = []
-            for stage in self.backbone.stages:
-                x = stage(x)
-                features.append(x)
+            # the stem runs once, then the T routes, stacked along the batch, run the stages
+            features = stage_outputs(lambda im: self.backbone.stem(im).repeat(T, 1, 1, 1), self.backbone.stages,
+                                     images)
         else:
             features = list(self.backbone(images.repeat(T, 1, 1, 1)))
-            x = features[-1]
+        x = features[-1]
         if self.decoder is not None:
             x = self.decoder(features)
         out = {}
