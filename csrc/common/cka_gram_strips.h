@@ -1,11 +1,12 @@
-// All-pairs linear CKA (PDF's task similarity) without materialising the T Gram matrices, shared by the CPU and
-// CUDA operators (ATen calls only, so one definition serves both devices).
+// All-pairs linear CKA (PDF's task similarity) in strips of the T Gram matrices, shared by the CPU and CUDA
+// operators (ATen calls only, so one definition serves both devices).
 //
 // HSIC needs, per pair of tasks, G_tu = <K_t, K_u>_F with K_t = X_t X_tᵀ, plus per task the diagonal s_t and the
 // row sums r_t of K_t; both centrings of mtl_ops/reference/cka.py are then exact algebra on these (derivation
 // in the comments of hsic_from_gram_moments). K is symmetric, so only its upper triangle is computed: row
 // strips K[i0:i1, i0:n] of b rows, one GEMM each, reduced to T×T at once — about half the reference's Gram
-// FLOPs, and T·b·n floats of scratch instead of several T·n² buffers.
+// FLOPs, and T·b·n floats of scratch instead of several T·n² buffers. A GPU takes strips as tall as 64 MiB of
+// scratch allows, the whole Gram when it fits (cka_strip_rows).
 //
 // The features are centred first (CKA is invariant to translating the features; see the proof in the Python
 // docstring): Gram entries then hold only the part that survives centring, so the fp32 GEMMs lose no digits to
@@ -20,9 +21,18 @@
 
 namespace mtl_ops {
 
-// Rows per strip: ~1/8 of n (so the lower triangle's waste stays ~1/16 of the Gram), bounded so small n still
-// gets GEMMs of useful size and large n a bounded scratch (T·256·n floats).
-inline int64_t cka_strip_rows(int64_t n) { return std::clamp<int64_t>((n + 7) / 8, 32, 256); }
+// Scratch a CUDA strip may take (floats over the T tasks): 64 MiB.
+constexpr int64_t kCudaStripFloats = int64_t(16) << 20;
+
+// Rows per strip. CPU: ~1/8 of n (so the lower triangle's waste stays ~1/16 of the Gram), bounded so small n
+// still gets GEMMs of useful size and large n a bounded scratch (T·256·n floats). CUDA: as many rows as the
+// scratch budget allows (the whole Gram when T·n² fits, as for n = 800, T = 5), because thin strips make
+// cuBLAS pick small SIMT tiles: with n/8-row strips the op ran at 0.34× torch.compile(reference) on an H200,
+// whose one full Gram GEMM ran 128×128 tiles. The whole Gram costs twice the triangle's FLOPs at full speed.
+inline int64_t cka_strip_rows(int64_t T, int64_t n, bool cuda) {
+  if (cuda) return std::min(n, std::max<int64_t>(256, kCudaStripFloats / std::max<int64_t>(1, T * n)));
+  return std::clamp<int64_t>((n + 7) / 8, 32, 256);
+}
 
 // hsic (T×T, float64) from G = <K_t, K_u>, s = diag K_t, r = row sums of K_t (float64).
 inline at::Tensor hsic_from_gram_moments(const at::Tensor& G, const at::Tensor& s, const at::Tensor& r, int64_t n,
@@ -76,7 +86,9 @@ inline at::Tensor pairwise_inner(const at::Tensor& block) {
 }
 
 // allow_tf32: false = exact fp32 GEMMs whatever PyTorch's global matmul precision (fp32_matmul_precision.h).
-inline at::Tensor cka_gram_strips(const at::Tensor& features, bool debiased, bool allow_tf32) {
+// strip_rows: 0 = cka_strip_rows's choice for the device (others: the C++ test runs every height on the CPU).
+inline at::Tensor cka_gram_strips(const at::Tensor& features, bool debiased, bool allow_tf32,
+                                  int64_t strip_rows = 0) {
   check_cka_args(features, debiased);
   const Fp32MatmulPrecisionGuard precision(allow_tf32, features.device().type());
   const int64_t T = features.size(0), n = features.size(1);
@@ -89,7 +101,7 @@ inline at::Tensor cka_gram_strips(const at::Tensor& features, bool debiased, boo
 
   at::Tensor G = at::zeros({T, T}, xc.options().dtype(at::kDouble));
   at::Tensor s = at::empty({T, n}, xc.options());
-  const int64_t b = cka_strip_rows(n);
+  const int64_t b = strip_rows > 0 ? strip_rows : cka_strip_rows(T, n, xc.is_cuda());
   for (int64_t i0 = 0; i0 < n; i0 += b) {
     const int64_t i1 = std::min(n, i0 + b);
     // Strip K[i0:i1, i0:n] = diagonal block | block right of it. The right block stands for itself and its
@@ -98,7 +110,8 @@ inline at::Tensor cka_gram_strips(const at::Tensor& features, bool debiased, boo
     cka_strip_gemm(xc.slice(1, i0, i1), xc.slice(1, i0, n), strip);
     const at::Tensor diag = strip.narrow(2, 0, i1 - i0);
     s.slice(1, i0, i1).copy_(diag.diagonal(0, 1, 2));
-    G += 2.0 * pairwise_inner(strip) - pairwise_inner(diag.contiguous());
+    G += i1 - i0 == n ? pairwise_inner(strip)  // one strip: the whole Gram
+                      : 2.0 * pairwise_inner(strip) - pairwise_inner(diag.contiguous());
   }
   const at::Tensor r = at::bmm(xc, delta.transpose(1, 2)).squeeze(2).to(at::kDouble);  // r_i = x_i·Σ_j x_j
   const at::Tensor hsic = hsic_from_gram_moments(G, s.to(at::kDouble), r, n, debiased);

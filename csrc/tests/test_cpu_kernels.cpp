@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common/bilinear.h"
+#include "common/cka_gram_strips.h"
 #include "cpu/gated_residual.h"
 #include "cpu/ms_attention_mix.h"
 
@@ -139,6 +140,28 @@ void check_ms_attention_mix_single_scale(int64_t h, int64_t w, int64_t H, int64_
   expect_near(diff, 0.0, 1e-12, "ms_attention_mix single scale vs upsample_bilinear2d", h * 1000 + H);
 }
 
+// cka: every strip height (one row, ragged, the CPU's, the GPU's whole Gram) gives the same CKA in float64, and
+// the GPU's rule takes the whole Gram when T·n² fits its scratch budget, tall strips otherwise.
+void check_cka_strips(int64_t T, int64_t n, int64_t d) {
+  const auto x = at::randn({T, n, d}, at::kDouble).relu_() + 3.0;  // a large common mean, as ReLU features have
+  for (bool debiased : {false, true}) {
+    const auto want = mtl_ops::cka_gram_strips(x, debiased, false);
+    for (int64_t b : {int64_t(1), int64_t(7), int64_t(32), n, mtl_ops::cka_strip_rows(T, n, true)}) {
+      const auto got = mtl_ops::cka_gram_strips(x, debiased, false, b);
+      for (int64_t i = 0; i < T * T; ++i)
+        expect_near(got.view(-1)[i].item<double>(), want.view(-1)[i].item<double>(), 1e-10, "cka strips", i);
+    }
+  }
+}
+
+void check_cka_strip_rows() {
+  const std::vector<std::vector<int64_t>> cases = {  // T, n, on CUDA, expected rows
+      {5, 800, 1, 800}, {5, 20, 1, 20}, {2, 3000, 1, (int64_t(16) << 20) / 6000}, {5, 100000, 1, 256},
+      {5, 800, 0, 100}, {5, 20, 0, 32}, {5, 100000, 0, 256}};
+  for (const auto& c : cases)
+    expect_near(double(mtl_ops::cka_strip_rows(c[0], c[1], c[2] != 0)), double(c[3]), 0.0, "cka_strip_rows", c[1]);
+}
+
 }  // namespace
 
 int main() {
@@ -163,6 +186,10 @@ int main() {
   check_ms_attention_mix_single_scale(4, 6, 16, 24);
   check_ms_attention_mix_single_scale(5, 7, 11, 13);
   check_ms_attention_mix_single_scale(9, 4, 5, 6);  // down-sampling
+  check_cka_strips(3, 5, 4);
+  check_cka_strips(3, 70, 40);
+  check_cka_strips(2, 300, 17);
+  check_cka_strip_rows();
   if (failures) {
     std::printf("%d failures\n", failures);
     return 1;
