@@ -102,6 +102,11 @@ def check(backend, dtype=torch.float32, device="cpu", **case):
     dict(T=2, B=3, C=4, H=13, W=3, C_sh=8, C_sp=1, groups=4, stride=2),
     dict(T=2, B=1, C=4, H=6, W=5, C_sh=4, C_sp=0, groups=1),        # sharing ratio 1: no task channels
     dict(T=2, B=1, C=3, H=40, W=30, C_sh=3, C_sp=2, groups=1),      # several row tiles per image
+    dict(T=2, B=2, C=2, H=40, W=30, C_sh=2, C_sp=1, groups=1),      # row tiles, two images per route
+    # small maps: several whole images in one tile (the cpp kernel packs up to 8 and 512 pixels, of one
+    # route), the route's last tile ragged: 8 + 3 images; 4 + 2 images of 110 pixels at stride 2
+    dict(T=2, B=11, C=3, H=5, W=4, C_sh=3, C_sp=2, groups=3),
+    dict(T=3, B=6, C=2, H=19, W=21, C_sh=2, C_sp=2, groups=2, stride=2),
     dict(T=2, B=0, C=4, H=5, W=6, C_sh=4, C_sp=2, groups=2),        # empty batch
 ], ids=str)
 def test_parity_shapes(backend, case):
