@@ -3,12 +3,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
-
-import torch
 
 from ..data.augment import valid_zoom_scales
 from ..models.backbones import RESNETS, is_builtin
@@ -78,7 +75,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     num_workers: int = 0
-    num_threads: Optional[int] = None        # torch intra-op threads; None: auto (see choose_num_threads)
+    num_threads: Optional[int] = None        # torch intra-op threads; None: auto (cpu_threads.choose_num_threads)
     max_steps_per_epoch: Optional[int] = None
     eval_every: int = 1                      # epochs between evaluations (the last epoch always evaluates)
     skip_nonfinite: bool = False             # skip steps whose loss is NaN/inf (counted, logged) instead of stopping
@@ -237,20 +234,6 @@ class TrainConfig:
         except json.JSONDecodeError as e:
             raise ValueError(f"config: {path} is not valid JSON: {e}") from e
         return cls.from_dict(data)
-
-
-def choose_num_threads(requested: Optional[int]) -> int:
-    """``requested``, else: 1 thread when the machine is already busy (1-minute load average at least the
-    number of cores — there, several intra-op threads spin-wait on each other and small convolutions run
-    many times slower), otherwise torch's default."""
-    if requested is not None:
-        return requested
-    cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0] >= cores
-    except OSError:
-        busy = False
-    return 1 if busy else torch.get_num_threads()
 
 
 def network_options(config, *, pretrained: bool = True) -> dict:

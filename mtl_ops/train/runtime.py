@@ -12,7 +12,8 @@ from typing import Dict, Optional
 
 import torch
 
-from .config import TrainConfig, choose_num_threads
+from .config import TrainConfig
+from .cpu_threads import choose_num_threads
 from .distributed import DistInfo, barrier, init_distributed
 
 
