@@ -16,8 +16,8 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-#: how long busy_cpus watches: some twenty scheduler ticks of 10 ms
-BUSY_SAMPLE_SECONDS = 0.2
+#: how long busy_cpus watches: ten of /proc/stat's 10 ms units per CPU (a run that sets its threads skips it)
+BUSY_SAMPLE_SECONDS = 0.1
 
 
 def cpu_times(path: str = "/proc/stat") -> Optional[Tuple[int, int, int]]:
