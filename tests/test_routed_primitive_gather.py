@@ -113,6 +113,23 @@ def test_parity_shapes(backend, case):
     check(backend, prims="all", **case)
 
 
+@pytest.mark.parametrize("backend", backend_params(OP, "cpu", ("cpp",)))
+def test_cpp_result_does_not_depend_on_the_thread_count(backend):
+    """The work items (packed small images, row tiles) and the order their weight-gradient partials are summed
+    in depend on the shapes only: one thread and three give the same bits, forward and backward."""
+    sample = suite.make(dict(prims="all", T=2, B=11, C=3, H=5, W=4, C_sh=3, C_sp=2, groups=3))
+    previous = torch.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            runs.append(run_with_grads(suite.call(backend), sample))
+    finally:
+        torch.set_num_threads(previous)
+    (y1, g1, _), (y3, g3, _) = runs
+    assert torch.equal(y1, y3) and all(torch.equal(a, b) for a, b in zip(g1, g3))
+
+
 @pytest.mark.parametrize("backend", backend_params(OP, "cpu", ("triton",)))
 def test_parity_triton_several_programs_and_half(backend):
     check(backend, torch.bfloat16, prims="default5", T=2, B=1, C=2, H=9, W=10, C_sh=2, C_sp=1, groups=1)
