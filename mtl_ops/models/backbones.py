@@ -15,7 +15,7 @@ published weights (timm and torchvision download them; the built-in ResNets have
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -28,8 +28,9 @@ from .pretrained import load_backbone_weights
 _DEPTHS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 
 
-def stage_outputs(stem: nn.Module, stages, x: torch.Tensor) -> list[torch.Tensor]:
-    """The output of every stage of a ResNet-style backbone: ``stem``, then each of ``stages`` in turn."""
+def stage_outputs(stem: Callable, stages, x: torch.Tensor) -> list[torch.Tensor]:
+    """The output of every stage of a ResNet-style backbone: ``stem`` (a module or any callable), then each of
+    ``stages`` in turn."""
     x = stem(x)
     features = []
     for stage in stages:
@@ -37,13 +38,13 @@ def stage_outputs(stem: nn.Module, stages, x: torch.Tensor) -> list[torch.Tensor
         features.append(x)
     return features
 
+
 #: the built-in ResNets
 RESNETS = tuple(f"resnet{depth}" for depth in _DEPTHS)
 #: torchvision's ResNet family (``torchvision:<name>``); ResNeXt and wide ResNets are ResNets with other blocks
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
                        "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")
 BACKBONE_NAMES = "resnet10, resnet18, resnet34, timm:<model name> or torchvision:<resnet name>"
-
 
 
 class ResNetBackbone(nn.Module):
@@ -154,8 +155,8 @@ class TorchvisionBackbone(nn.Module):
     (``"DEFAULT"``, ...; torchvision then downloads them, where the machine can). ``output_stride`` 16 or 8
     dilates the last stage(s) (``replace_stride_with_dilation``; torchvision allows it for bottleneck ResNets
     only). The ResNet itself is ``self.model`` without its classifier, so torchvision's own checkpoints load by
-    their keys (``fc.*`` is reported unused); ``stem`` and ``stages`` are views of its layers for networks that
-    run them one by one."""
+    their keys (``fc.*`` is reported unused); ``stem`` (a method) and ``stages`` run its layers for networks
+    that run them one by one."""
 
     stem_names = ("model.conv1", "model.bn1")
 
@@ -185,10 +186,11 @@ class TorchvisionBackbone(nn.Module):
         """The module whose state-dict keys a torchvision checkpoint uses."""
         return self.model
 
-    @property
-    def stem(self) -> nn.Sequential:
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """The ResNet's stem, conv1 → bn1 → relu → maxpool (run through its own layers: no module is built per
+        call)."""
         m = self.model
-        return nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool)
+        return m.maxpool(m.relu(m.bn1(m.conv1(x))))
 
     @property
     def stages(self) -> list:
