@@ -28,6 +28,16 @@ def _excluded(name: str, exclude: Sequence[str]) -> bool:
     return any(name == e or name.startswith(e + ".") for e in exclude)
 
 
+def _children(module: nn.Module, exclude: Sequence[str]):
+    """(parent, child's attribute name, child, child's qualified name) for every submodule of ``module`` outside
+    the ``exclude`` prefixes, listed before any is replaced."""
+    for name, parent in list(module.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            if not _excluded(full, exclude):
+                yield parent, child_name, child, full
+
+
 def route_batchnorms(module: nn.Module, num_routes: int, exclude: Sequence[str] = ()) -> list[str]:
     """Replaces in place every ``nn.BatchNorm2d`` of ``module`` outside the ``exclude`` prefixes by a
     ``RouteBatchNorm2d`` over ``num_routes`` routes, with the same parameters and statistics; returns their
@@ -35,12 +45,10 @@ def route_batchnorms(module: nn.Module, num_routes: int, exclude: Sequence[str] 
     # the BatchNorms inside a TaskBatchNorm2d (an ETR-NLP block's) already get one route each
     exclude = tuple(exclude) + tuple(n for n, m in module.named_modules() if isinstance(m, TaskBatchNorm2d))
     replaced = []
-    for name, parent in list(module.named_modules()):
-        for child_name, child in list(parent.named_children()):
-            full = f"{name}.{child_name}" if name else child_name
-            if type(child) is nn.BatchNorm2d and not _excluded(full, exclude):
-                setattr(parent, child_name, RouteBatchNorm2d.from_batchnorm(child, num_routes))
-                replaced.append(full)
+    for parent, child_name, child, full in _children(module, exclude):
+        if type(child) is nn.BatchNorm2d:
+            setattr(parent, child_name, RouteBatchNorm2d.from_batchnorm(child, num_routes))
+            replaced.append(full)
     return replaced
 
 
@@ -54,18 +62,15 @@ def convert_to_etr_nlp(module: nn.Module, tasks: int | Sequence[str], *, sharing
     Each block gets its own primitive seed (seed + its index), so the blocks' primitives differ."""
     num_tasks = tasks if isinstance(tasks, int) else len(tasks)
     replaced = []
-    for name, parent in list(module.named_modules()):
-        for child_name, child in list(parent.named_children()):
-            full = f"{name}.{child_name}" if name else child_name
-            if _excluded(full, exclude) or not _convertible(child):
-                continue
-            block = ETRNLPConv(child.in_channels, child.out_channels, tasks, sharing_ratio, primitives,
-                               stride=child.stride[0], groups=groups, seed=seed + len(replaced),
-                               backend=backend)
-            setattr(parent, child_name, block)
-            if child_name.startswith("conv") and isinstance(getattr(parent, "bn" + child_name[4:], None),
-                                                             nn.BatchNorm2d):
-                setattr(parent, "bn" + child_name[4:], nn.Identity())
-            replaced.append(full)
+    for parent, child_name, child, full in _children(module, exclude):
+        if not _convertible(child):
+            continue
+        block = ETRNLPConv(child.in_channels, child.out_channels, tasks, sharing_ratio, primitives,
+                           stride=child.stride[0], groups=groups, seed=seed + len(replaced), backend=backend)
+        setattr(parent, child_name, block)
+        if child_name.startswith("conv") and isinstance(getattr(parent, "bn" + child_name[4:], None),
+                                                         nn.BatchNorm2d):
+            setattr(parent, "bn" + child_name[4:], nn.Identity())
+        replaced.append(full)
     route_batchnorms(module, num_tasks, exclude)
     return replaced
