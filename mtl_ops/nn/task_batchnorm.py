@@ -102,6 +102,7 @@ class RouteBatchNorm2d(nn.BatchNorm2d):
         if x.shape[0] % self.num_routes:
             raise ValueError(f"RouteBatchNorm2d: the batch ({x.shape[0]} rows) must split into num_routes = "
                              f"{self.num_routes} equal chunks")
-        if self.num_routes == 1 or not (self.training or not self.track_running_stats):
+        batch_statistics = self.training or not self.track_running_stats  # as nn.BatchNorm2d decides
+        if self.num_routes == 1 or not batch_statistics:
             return super().forward(x)
         return torch.cat([super(RouteBatchNorm2d, self).forward(c) for c in x.chunk(self.num_routes)])

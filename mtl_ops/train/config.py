@@ -236,13 +236,18 @@ class TrainConfig:
         return cls.from_dict(data)
 
 
+def builtin_width(width: Optional[int]) -> int:
+    """The built-in ResNets' base width a configuration's ``width`` means (None: ``TRAIN_WIDTH``)."""
+    return TRAIN_WIDTH if width is None else width
+
+
 def network_options(config, *, pretrained: bool = True) -> dict:
     """The options the trainer builds ``config``'s network with: ``width`` for the built-in ResNets (the config's,
     else ``TRAIN_WIDTH``), ``pretrained`` (unless ``pretrained=False``: a network whose weights come from a
     checkpoint), then the config's ``method_options``."""
     options = {}
     if is_builtin(config.backbone):
-        options["width"] = TRAIN_WIDTH if config.width is None else config.width
+        options["width"] = builtin_width(config.width)
     if pretrained and config.pretrained not in (None, False):
         options["pretrained"] = config.pretrained
     return {**options, **config.method_options}
@@ -253,5 +258,5 @@ def backbone_description(config: Dict) -> str:
     ResNet with its width, any other backbone by its name."""
     backbone = config["backbone"]
     if is_builtin(backbone):
-        return f"{backbone} at width {TRAIN_WIDTH if config.get('width') is None else config['width']}"
+        return f"{backbone} at width {builtin_width(config.get('width'))}"
     return str(backbone)
