@@ -115,7 +115,8 @@ def _given_options(args) -> dict:
         from_file = TrainConfig.from_json(args.config).to_dict()  # validated, normalised
         data.update({k: from_file[k] for k in json.loads(Path(args.config).read_text())})
     for name in ("method", "tasks", "dataset", "data_root", "size", "n_train", "n_val", "backbone", "width", "epochs",
-                 "pretrained", "batch_size", "lr", "weighting", "device", "seed", "num_workers", "num_threads", "out_dir", "cache_dir",
+                 "pretrained", "batch_size", "lr", "weighting", "device", "seed", "num_workers", "num_threads",
+                 "out_dir", "cache_dir",
                  "max_steps_per_epoch", "scale_crop", "crop_scales", "weight_decay", "optimizer", "momentum",
                  "nesterov", "betas", "eps", "grad_clip", "lr_schedule", "lr_interval", "lr_power", "lr_min",
                  "lr_step_size", "lr_milestones", "lr_gamma", "warmup", "warmup_start_factor", "best_metric",

@@ -102,8 +102,9 @@ class AdaShareNet(nn.Module):
     output_stride = 8
 
     def __init__(self, tasks: Mapping[str, int], backbone: str = "resnet18", *, width: int | None = None,
-                 backbone_kwargs: dict | None = None, pretrained=None, in_channels: int = 3, task_bn: bool = False, bn_stats: str = "per_task",
-                 head_hidden: int | None = None, head_rates: Sequence[int] = (6, 12, 18, 24),
+                 backbone_kwargs: dict | None = None, pretrained=None, in_channels: int = 3, task_bn: bool = False,
+                 bn_stats: str = "per_task", head_hidden: int | None = None,
+                 head_rates: Sequence[int] = (6, 12, 18, 24),
                  head_dropout: float = 0.5, upsample: str | None = "bilinear", backend: str | None = None,
                  seed: int | None = None, policy_seed: int = 0, curriculum_speed: int = 3):
         super().__init__()

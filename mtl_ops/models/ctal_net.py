@@ -42,8 +42,8 @@ class CTALNet(nn.Module):
     """
 
     def __init__(self, tasks: Mapping[str, int], backbone: str | nn.Module = "resnet18", *,
-                 width: int | None = None, backbone_kwargs: dict | None = None, pretrained=None, image_size: tuple[int, int] = (288, 384),
-                 itp_channels: int = 256, ctal_channels: int = 128,
+                 width: int | None = None, backbone_kwargs: dict | None = None, pretrained=None,
+                 image_size: tuple[int, int] = (288, 384), itp_channels: int = 256, ctal_channels: int = 128,
                  kernel_size: int = 3, gamma: float = 0.05, per_task_fusion: bool = False,
                  backend: str | None = None):
         super().__init__()
