@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 OPTIONAL = ("PIL", "matplotlib", "tqdm", "scipy", "skimage", "timm", "torchjd", "triton", "torchvision",
-            "safetensors")
+            "safetensors", "psutil")
 
 # None in sys.modules is how Python marks a module as absent: `import X` raises ModuleNotFoundError and
 # importlib.util.find_spec("X") returns None, as when X is not installed.
